@@ -49,12 +49,12 @@ class ShapeObject:
 
     @property
     def name(self) -> str:
-        """The object's name, e.g. ``'red circle'``."""
+        """Return the object's name, e.g. ``'red circle'``."""
         return f'{self.colour} {self.shape}'
 
     @property
     def box(self) -> tuple[int, int, int, int]:
-        """The box (x0, y0, x1, y1) in pixels; x1 and y1 are exclusive."""
+        """Return the box as (x0, y0, x1, y1) pixels; x1 and y1 are exclusive."""
         return (self.x, self.y, self.x + self.size, self.y + self.size)
 
 
@@ -70,13 +70,13 @@ class Scene:
 
 
 def _boxes_apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    """Whether two boxes are at least MIN_GAP pixels apart along x or y."""
+    """Tell whether two boxes are at least MIN_GAP pixels apart along x or y."""
     return (a[2] + MIN_GAP <= b[0] or b[2] + MIN_GAP <= a[0]
             or a[3] + MIN_GAP <= b[1] or b[3] + MIN_GAP <= a[1])
 
 
 def sample_background(rng: np.random.Generator) -> tuple[int, int, int]:
-    """A background colour: channels in 100..160, all within 20 of each other."""
+    """Draw a background colour: channels in 100..160, all within 20 of each other."""
     low = int(rng.integers(BACKGROUND_RANGE[0], BACKGROUND_RANGE[1] - BACKGROUND_SPREAD + 1))
     channels = low + rng.integers(0, BACKGROUND_SPREAD + 1, size=3)
     return tuple(int(c) for c in channels)
@@ -84,7 +84,7 @@ def sample_background(rng: np.random.Generator) -> tuple[int, int, int]:
 
 def sample_objects(rng: np.random.Generator, width: int, height: int,
                    count: int | None = None) -> list[ShapeObject]:
-    """Random objects whose boxes lie inside a width x height image, MIN_GAP apart.
+    """Draw random objects whose boxes lie inside a width x height image, MIN_GAP apart.
 
     ``count`` defaults to a uniform draw from 1..4. If an object finds no free place (only
     likely in small images) it is dropped, so fewer objects may come back.
@@ -114,7 +114,7 @@ def sample_objects(rng: np.random.Generator, width: int, height: int,
 
 
 def _fixed(value: float) -> int:
-    """A pixel coordinate in cv2's fixed-point drawing units."""
+    """Convert a pixel coordinate to cv2's fixed-point drawing units."""
     return int(round(value * _SUBPIXEL))
 
 
@@ -165,12 +165,12 @@ def draw(objects: Sequence[ShapeObject], background: Sequence[int], width: int, 
 
 
 def left_to_right(objects: Sequence[ShapeObject]) -> list[ShapeObject]:
-    """Objects ordered by the horizontal position of their box centres (then top to bottom)."""
+    """Order objects by the horizontal position of their box centres (then top to bottom)."""
     return sorted(objects, key=lambda o: (2 * o.x + o.size, 2 * o.y + o.size))
 
 
 def caption_of(objects: Sequence[ShapeObject]) -> str:
-    """Caption naming the objects left to right: 'a red circle, a blue square and a ...'."""
+    """Caption the objects left to right: 'a red circle, a blue square and a ...'."""
     phrases = [f'a {obj.name}' for obj in left_to_right(objects)]
     if len(phrases) <= 1:
         return ''.join(phrases)
@@ -179,7 +179,7 @@ def caption_of(objects: Sequence[ShapeObject]) -> str:
 
 def questions_of(objects: Sequence[ShapeObject],
                  rng: np.random.Generator) -> list[tuple[str, str]]:
-    """Question/answer pairs (lower case) that the objects answer unambiguously.
+    """List question/answer pairs (lower case) that the objects answer unambiguously.
 
     Colour questions for shapes seen exactly once, shape questions for colours seen exactly
     once, counts of each shape and of all objects, and "is there" questions for every
@@ -209,7 +209,7 @@ def questions_of(objects: Sequence[ShapeObject],
 
 
 def sample_scene(rng: np.random.Generator, width: int = 640, height: int = 480) -> Scene:
-    """Sample and render a scene with its ground truth; the same generator state, the same scene."""
+    """Sample and render a scene with its ground truth (same generator state, same scene)."""
     background = sample_background(rng)
     objects = sample_objects(rng, width, height)
     image = draw(objects, background, width, height, rng)
