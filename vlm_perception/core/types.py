@@ -1,0 +1,72 @@
+"""Results of the perception core; they mirror the package's ROS messages field by field."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Detection:
+    """One open-vocabulary detection, box centre and size in pixels of the source image."""
+
+    label: str
+    score: float
+    center_x: float
+    center_y: float
+    size_x: float
+    size_y: float
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """Corners (x0, y0, x1, y1) in pixels."""
+        return (self.center_x - self.size_x / 2, self.center_y - self.size_y / 2,
+                self.center_x + self.size_x / 2, self.center_y + self.size_y / 2)
+
+    def to_dict(self) -> dict:
+        """Fields of the Detection message (without the 3D position)."""
+        return {'label': self.label, 'score': self.score, 'center_x': self.center_x,
+                'center_y': self.center_y, 'size_x': self.size_x, 'size_y': self.size_y}
+
+
+@dataclass
+class LabelScore:
+    """A zero-shot label and its score, 0..1."""
+
+    label: str
+    score: float
+
+    def to_dict(self) -> dict:
+        """Fields of the LabelScore message."""
+        return {'label': self.label, 'score': self.score}
+
+
+@dataclass
+class Answer:
+    """An answer to a visual question, with the model's confidence, 0..1."""
+
+    question: str
+    answer: str
+    confidence: float
+
+    def to_dict(self) -> dict:
+        """Fields printed by ``vlm-perception ask --json``."""
+        return {'answer': self.answer, 'confidence': self.confidence}
+
+
+@dataclass
+class SceneDescription:
+    """What the engine sees in one image: caption, tags, detections and a readable summary."""
+
+    caption: str = ''
+    tags: list[LabelScore] = field(default_factory=list)
+    detections: list[Detection] = field(default_factory=list)
+    summary: str = ''
+    answer: Answer | None = None
+
+    def to_dict(self) -> dict:
+        """Fields of the SceneDescription message (plus the answer when a question was asked)."""
+        result = {'caption': self.caption,
+                  'tags': [tag.to_dict() for tag in self.tags],
+                  'detections': [detection.to_dict() for detection in self.detections],
+                  'summary': self.summary}
+        if self.answer is not None:
+            result['answer'] = self.answer.to_dict()
+        return result
