@@ -1,0 +1,30 @@
+"""
+pip packaging of the ROS-free part of vlm_perception (engine, models, CLI).
+
+ROS users build the whole package with colcon (CMakeLists.txt); this file serves users who only
+want the Python API and the `vlm-perception` tool: `pip install .`.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name='vlm_perception',
+    version='0.1.0',
+    description='Vision-language perception (OWL-ViT, CLIP, ViLT, BLIP) for robots',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    packages=find_packages(include=['vlm_perception', 'vlm_perception.*']),
+    package_data={'vlm_perception': ['models/*/*.json', 'models/*/*/*']},
+    install_requires=[
+        'numpy',
+        'opencv-python-headless',
+        'open_clip_torch',
+        'pillow',
+        'safetensors',
+        'tokenizers',
+        'torch',
+        'torchvision',
+        'transformers',
+    ],
+    entry_points={'console_scripts': ['vlm-perception = vlm_perception.cli:main']},
+)
