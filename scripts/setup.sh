@@ -41,9 +41,7 @@ fi
 stamp=$venv/.requirements.sha256
 wanted=$(cat "${requirements[@]}" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-  for file in "${requirements[@]}"; do
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$file"
-  done
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${requirements[@]/#/--requirement=}"
   echo "$wanted" > "$stamp"
 fi
 touch "$stamp"
@@ -52,7 +50,7 @@ if [ -z "$ros_setup" ]; then
   # The wheels' exported CMake files name the include dirs of the machine that built them.
   py_include=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
   np_include=$("$venv/bin/python" -c 'import numpy; print(numpy.get_include())')
-  grep -rl --include='*.cmake' '/opt/python/cp311-cp311' "$venv/share" 2>/dev/null | while read -r f; do
+  { grep -rl --include='*.cmake' '/opt/python/cp311-cp311' "$venv/share" || true; } | while read -r f; do
     sed -i -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$np_include#g" \
            -e "s#/opt/python/cp311-cp311/include/python3.11#$py_include#g" "$f"
   done
