@@ -103,7 +103,7 @@ def build_owlv2(folder: Path) -> Path:
 
 
 def build_vilt(folder: Path) -> Path:
-    """ViLT VQA: patch 32, shorter side resized to 64, a few answers."""
+    """Build a ViLT VQA model: patch 32, shorter side resized to 64, a few answers."""
     import torch
     from transformers import (ViltConfig, ViltForQuestionAnswering, ViltImageProcessor,
                               ViltProcessor)
@@ -126,7 +126,7 @@ def _blip_config():
     from transformers import BlipConfig
 
     ids = _ids()
-    text = _tower(max_position_embeddings=TEXT_LENGTH * 2, sep_token_id=ids['eos_token_id'],
+    text = _tower(max_position_embeddings=TEXT_LENGTH * 4, sep_token_id=ids['eos_token_id'],
                   **ids)
     vision = _tower(image_size=IMAGE_SIZE, patch_size=16, initializer_range=0.02)
     return BlipConfig(text_config=text, vision_config=vision, projection_dim=HIDDEN)
@@ -169,7 +169,7 @@ def open_clip_config() -> dict:
 
 
 def build_open_clip(folder: Path) -> Path:
-    """An open_clip CLIP from a small custom config, written with save_open_clip_model."""
+    """Build an open_clip CLIP from a small custom config, written with save_open_clip_model."""
     import open_clip
     import torch
 
@@ -192,7 +192,7 @@ BUILDERS = {
 
 
 def build_tiny_models(root: Path) -> dict[str, Path]:
-    """Build every tiny model under root; keys: detector, detector_v2, classifier, vqa_vilt, ...."""
+    """Build every tiny model under root; keys as in BUILDERS (detector, classifier, ...)."""
     import torch
 
     threads = torch.get_num_threads()
@@ -207,7 +207,7 @@ TINY_LABELS = ['cup', 'person', 'dog', 'chair', 'bottle']
 
 
 def build_tiny_preset(root: Path, models: dict[str, Path] | None = None) -> Path:
-    """A directory preset (preset.json + member folders) made of the tiny models."""
+    """Build a directory preset (preset.json + member folders) made of the tiny models."""
     import shutil
 
     root = Path(root)

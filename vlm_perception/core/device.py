@@ -9,7 +9,7 @@ _DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 
 
 def resolve_device(device: str = 'auto') -> str:
-    """Return a concrete torch device string ('cpu', 'cuda:0', ...) for 'auto'|'cpu'|'cuda'|'cuda:N'."""
+    """Return a concrete torch device ('cpu', 'cuda:0', ...) for auto|cpu|cuda|cuda:N."""
     import torch
 
     name = (device or 'auto').strip().lower()
@@ -24,7 +24,8 @@ def resolve_device(device: str = 'auto') -> str:
     index = int(name.partition(':')[2] or 0)
     if index >= torch.cuda.device_count():
         raise InputError(
-            f"device '{device}' asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+            f"device '{device}' asked for, but only {torch.cuda.device_count()} CUDA "
+            'device(s) exist')
     return f'cuda:{index}'
 
 

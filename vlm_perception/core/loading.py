@@ -51,7 +51,7 @@ def is_open_clip_id(model_id: str) -> bool:
 
 
 def model_type(model_id: str) -> str:
-    """The architecture key of a model id: ``open_clip`` or the transformers ``model_type``."""
+    """Return the architecture key of a model id: ``open_clip`` or the transformers ``model_type``."""
     if is_open_clip_id(model_id):
         return OPEN_CLIP_TYPE
     return load_hf_config(model_id).model_type
@@ -123,7 +123,7 @@ def load_hf_processor(model_id: str, what: str) -> Any:
 class _DropOpenClipLogs(logging.Filter):
     """open_clip logs its load failures on the root logger; we raise them as one line instead."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003 (logging's API name)
         return f'{os.sep}open_clip{os.sep}' not in record.pathname
 
 
@@ -138,7 +138,7 @@ def open_clip_source(model_id: str) -> tuple[str, str | None]:
     if not name or not pretrained:
         raise ModelLoadError(
             f"open_clip model '{model_id}' must be NAME:PRETRAINED (e.g. "
-            "ViT-B-32:laion2b_s34b_b79k), hf-hub:org/repo, or a local folder")
+            'ViT-B-32:laion2b_s34b_b79k), hf-hub:org/repo, or a local folder')
     return name, pretrained
 
 

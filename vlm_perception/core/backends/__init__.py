@@ -1,0 +1,34 @@
+"""Model backends, one module per capability; a registry picks the class from the architecture.
+
+The registry maps (capability, architecture key) to a backend class, where the architecture key
+is the transformers ``model_type`` of the model's config, or ``open_clip``. Backend modules are
+imported only when a model of theirs is loaded, so an unused capability costs nothing.
+"""
+
+from importlib import import_module
+
+from vlm_perception.core.errors import ModelLoadError
+from vlm_perception.core.loading import model_type
+
+# (capability, architecture key) -> 'module:Class' inside this package
+REGISTRY = {
+    ('detect', 'owlvit'): 'detection:OwlViTDetector',
+    ('detect', 'owlv2'): 'detection:Owlv2Detector',
+    ('tags', 'open_clip'): 'classification:OpenClipClassifier',
+    ('vqa', 'vilt'): 'vqa:ViltAnswerer',
+    ('vqa', 'blip'): 'vqa:BlipAnswerer',
+    ('caption', 'blip'): 'captioning:BlipCaptioner',
+}
+
+
+def create_backend(capability: str, model_id: str, device: str, dtype: str):
+    """Load the model ``model_id`` for a capability with the backend its architecture needs."""
+    architecture = model_type(model_id)
+    entry = REGISTRY.get((capability, architecture))
+    if entry is None:
+        supported = ', '.join(sorted(kind for cap, kind in REGISTRY if cap == capability))
+        raise ModelLoadError(f"model '{model_id}' is a {architecture} model, which cannot do "
+                             f'{capability} (supported: {supported})')
+    module_name, class_name = entry.split(':')
+    backend_class = getattr(import_module(f'{__name__}.{module_name}'), class_name)
+    return backend_class(model_id, device, dtype)

@@ -1,0 +1,74 @@
+"""What every backend shares: identity, device, dtype and image preprocessing helpers."""
+
+from typing import Any
+
+import numpy as np
+
+from vlm_perception.core.device import torch_dtype
+from vlm_perception.core.errors import ModelLoadError
+from vlm_perception.core.loading import load_hf_config
+
+
+class Backend:
+    """One loaded model serving one capability.
+
+    ``encode_image`` holds the image-only part of the model; the engine stores its result on the
+    Frame so that every request on that frame with this model reuses it.
+    """
+
+    capability = ''
+
+    def __init__(self, model_id: str, device: str, dtype: str) -> None:
+        """Record where the model comes from and where it runs; subclasses load it."""
+        self.model_id = model_id
+        self.device = device
+        self.dtype = dtype
+        self.torch_dtype = torch_dtype(dtype)
+
+    @property
+    def key(self) -> str:
+        """Identity of the model in caches."""
+        return f'{type(self).__name__}:{self.model_id}:{self.device}:{self.dtype}'
+
+    def encode_image(self, image: np.ndarray) -> Any:
+        """Run the image-only part of the model on an HxWx3 uint8 RGB array."""
+        raise NotImplementedError
+
+
+class HFBackend(Backend):
+    """A transformers model plus its processor (image processor and tokenizer)."""
+
+    model_class_name = ''
+
+    def __init__(self, model_id: str, device: str, dtype: str) -> None:
+        """Load the model class named by ``model_class_name`` and the model's processor."""
+        import transformers
+
+        from vlm_perception.core.loading import load_hf_model, load_hf_processor
+
+        super().__init__(model_id, device, dtype)
+        what = f'{self.capability} ({self.model_class_name})'
+        config = load_hf_config(model_id, what)
+        architectures = getattr(config, 'architectures', None) or []
+        if architectures and self.model_class_name not in architectures:
+            raise ModelLoadError(
+                f"model '{model_id}' is a {', '.join(architectures)}, not the "
+                f'{self.model_class_name} that {self.capability} needs')
+        self.config = config
+        self.model = load_hf_model(getattr(transformers, self.model_class_name), model_id,
+                                   device, self.torch_dtype, what)
+        self.processor = load_hf_processor(model_id, what)
+        self.tokenizer = self.processor.tokenizer
+
+    def pixels(self, image: np.ndarray) -> dict:
+        """Run the image processor; returns its tensors on the model's device and dtype."""
+        inputs = self.processor.image_processor(images=image, input_data_format='channels_last',
+                                                return_tensors='pt')
+        return {name: value.to(self.device, self.torch_dtype) if value.is_floating_point()
+                else value.to(self.device) for name, value in inputs.items()}
+
+    def tokens(self, texts: list[str], **kwargs: Any) -> dict:
+        """Tokenize texts; returns input_ids and attention_mask on the model's device."""
+        encoded = self.tokenizer(texts, return_tensors='pt', **kwargs)
+        return {'input_ids': encoded['input_ids'].to(self.device),
+                'attention_mask': encoded['attention_mask'].to(self.device)}

@@ -1,0 +1,83 @@
+"""Open-vocabulary detection with OWL-ViT and OWLv2 (transformers)."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vlm_perception.core.backends.base import HFBackend
+from vlm_perception.core.geometry import boxes_to_pixels, PAD, STRETCH
+
+
+@dataclass
+class DetectionImageEncoding:
+    """Per-frame OWL output that does not depend on the queries."""
+
+    image_features: torch.Tensor   # (1, patches, hidden)
+    boxes: torch.Tensor            # (1, patches, 4): cx, cy, w, h fractions of the network input
+    height: int                    # of the source image
+    width: int
+
+
+@dataclass
+class RawDetection:
+    """A detection before labels are attached: query index, score, pixel box."""
+
+    query: int
+    score: float
+    box: tuple[float, float, float, float]  # centre x, centre y, width, height in pixels
+
+
+class OwlViTDetector(HFBackend):
+    """OWL-ViT: the image processor stretches the image to the network's square input."""
+
+    capability = 'detect'
+    model_class_name = 'OwlViTForObjectDetection'
+    fit = STRETCH
+
+    @property
+    def _clip(self):
+        return self.model.owlvit
+
+    def encode_image(self, image: np.ndarray) -> DetectionImageEncoding:
+        """Image features and boxes of every patch (boxes do not depend on the queries)."""
+        pixel_values = self.pixels(image)['pixel_values']
+        feature_map, _ = self.model.image_embedder(pixel_values=pixel_values)  # (1, h, w, D)
+        batch, grid_h, grid_w, hidden = feature_map.shape
+        image_features = feature_map.reshape(batch, grid_h * grid_w, hidden)
+        boxes = self.model.box_predictor(image_features, feature_map)
+        return DetectionImageEncoding(image_features, boxes, image.shape[0], image.shape[1])
+
+    def encode_text(self, labels: list[str]) -> list[torch.Tensor]:
+        """Return one query embedding per label."""
+        length = self.config.text_config.max_position_embeddings
+        inputs = self.tokens(labels, padding='max_length', truncation=True, max_length=length)
+        return list(self._clip.get_text_features(**inputs).pooler_output)
+
+    def detect(self, encoding: DetectionImageEncoding, queries: torch.Tensor,
+               threshold: float) -> list[RawDetection]:
+        """Score every patch against the (Q, D) queries; keep each patch's best query."""
+        logits, _ = self.model.class_predictor(encoding.image_features, queries[None])
+        probabilities = torch.sigmoid(logits[0].float())  # (patches, Q)
+        scores, query_index = probabilities.max(dim=-1)
+        keep = torch.isfinite(scores) & (scores >= threshold)
+        if not bool(keep.any()):
+            return []
+        boxes = boxes_to_pixels(encoding.boxes[0][keep].float().cpu().numpy(), encoding.height,
+                                encoding.width, self.fit)
+        kept_scores = scores[keep].cpu().tolist()
+        kept_queries = query_index[keep].cpu().tolist()
+        found = [RawDetection(query, score, tuple(float(v) for v in box))
+                 for query, score, box in zip(kept_queries, kept_scores, boxes)]
+        return sorted(found, key=lambda detection: -detection.score)
+
+
+class Owlv2Detector(OwlViTDetector):
+    """OWLv2: the image processor pads the image bottom/right to a square first."""
+
+    model_class_name = 'Owlv2ForObjectDetection'
+    fit = PAD
+
+    @property
+    def _clip(self):
+        return self.model.owlv2

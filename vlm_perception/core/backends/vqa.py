@@ -1,0 +1,87 @@
+"""Visual question answering with ViLT (answer classifier) and BLIP VQA (answer generator)."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vlm_perception.core.backends.base import HFBackend
+
+MAX_ANSWER_TOKENS = 10
+
+
+@dataclass
+class ViltImageEncoding:
+    """ViLT's patch embedding of one frame (position embeddings added), and its mask."""
+
+    patches: torch.Tensor  # (1, 1 + patches, hidden)
+    mask: torch.Tensor     # (1, 1 + patches)
+
+
+class ViltAnswerer(HFBackend):
+    """ViLT fuses image and text in one transformer, so only its patch embedding is shared."""
+
+    capability = 'vqa'
+    model_class_name = 'ViltForQuestionAnswering'
+
+    def encode_image(self, image: np.ndarray) -> ViltImageEncoding:
+        """Embed the image patches once; every question on the frame reuses them."""
+        inputs = self.pixels(image)
+        patches, mask, _ = self.model.vilt.embeddings.visual_embed(
+            inputs['pixel_values'], inputs['pixel_mask'],
+            max_image_length=self.config.max_image_length)
+        return ViltImageEncoding(patches, mask)
+
+    def answer(self, encoding: ViltImageEncoding, question: str) -> tuple[str, float]:
+        """Return the most probable answer of the answer vocabulary and its probability."""
+        length = self.config.max_position_embeddings
+        inputs = self.tokens([question], padding='max_length', truncation=True, max_length=length)
+        logits = self.model(**inputs, image_embeds=encoding.patches,
+                            pixel_mask=encoding.mask).logits[0]
+        probabilities = torch.sigmoid(logits.float())
+        best = int(probabilities.argmax())
+        return self.config.id2label[best], float(probabilities[best])
+
+
+class BlipAnswerer(HFBackend):
+    """BLIP VQA: the vision encoding is shared by every question on the frame."""
+
+    capability = 'vqa'
+    model_class_name = 'BlipForQuestionAnswering'
+
+    def encode_image(self, image: np.ndarray) -> torch.Tensor:
+        """Return the vision encoder's hidden states (1, 1 + patches, hidden)."""
+        return self.model.vision_model(pixel_values=self.pixels(image)['pixel_values'])[0]
+
+    def answer(self, image_states: torch.Tensor, question: str) -> tuple[str, float]:
+        """Generate an answer greedily; confidence is the probability of the whole answer."""
+        inputs = self.tokens([question])
+        image_mask = torch.ones(image_states.shape[:-1], dtype=torch.long, device=self.device)
+        question_states = self.model.text_encoder(
+            **inputs, encoder_hidden_states=image_states, encoder_attention_mask=image_mask,
+            return_dict=False)[0]
+        return generate_text(self.model.text_decoder, self.config.text_config, question_states,
+                             self.tokenizer, start=None, max_new_tokens=MAX_ANSWER_TOKENS)
+
+
+def generate_text(decoder, text_config, encoder_states: torch.Tensor, tokenizer,
+                  start: torch.Tensor | None, max_new_tokens: int) -> tuple[str, float]:
+    """Greedy BLIP decoding over encoder states; returns (text, probability of generated part).
+
+    ``start`` holds prompt token ids (starting with BOS); None starts from BOS alone.
+    """
+    if start is None:
+        start = torch.full((1, 1), text_config.bos_token_id, device=encoder_states.device)
+    encoder_mask = torch.ones(encoder_states.shape[:-1], dtype=torch.long,
+                              device=encoder_states.device)
+    output = decoder.generate(
+        input_ids=start, eos_token_id=text_config.sep_token_id,
+        pad_token_id=text_config.pad_token_id, encoder_hidden_states=encoder_states,
+        encoder_attention_mask=encoder_mask, max_new_tokens=max_new_tokens, do_sample=False,
+        num_beams=1, output_scores=True, return_dict_in_generate=True)
+    step_log_probs = decoder.compute_transition_scores(
+        output.sequences, output.scores, normalize_logits=True)[0].float()
+    step_log_probs = step_log_probs[torch.isfinite(step_log_probs)]
+    probability = float(step_log_probs.sum().exp()) if step_log_probs.numel() else 0.0
+    text = tokenizer.decode(output.sequences[0], skip_special_tokens=True).strip()
+    return text, probability
