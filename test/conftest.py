@@ -10,3 +10,24 @@ if 'VLM_PERCEPTION_TEST_DOMAIN' not in os.environ:
 os.environ['ROS_DOMAIN_ID'] = os.environ['VLM_PERCEPTION_TEST_DOMAIN']
 
 # --- model fixtures (CORE) ---
+
+import pathlib  # noqa: E402,I100 (the environment above is set before anything imports rclpy)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
+    """Build tiny random models of every supported architecture as local folders."""
+    from tiny_models import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp('tiny_models'))
+
+
+@pytest.fixture(scope='session')
+def tiny_preset(tmp_path_factory: pytest.TempPathFactory,
+                tiny_models: dict[str, pathlib.Path]) -> pathlib.Path:
+    """Build a directory preset (preset.json + member folders) of the tiny models."""
+    from tiny_models import build_tiny_preset
+
+    return build_tiny_preset(tmp_path_factory.mktemp('tiny_preset'), tiny_models)

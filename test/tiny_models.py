@@ -1,4 +1,5 @@
-"""Tiny, randomly initialised models of every real architecture the core supports, saved locally.
+"""
+Tiny, randomly initialised models of every real architecture the core supports, saved locally.
 
 Each builder writes a folder in the same format a real model has (``save_pretrained`` for
 transformers, open_clip's hub layout for open_clip), so tests load them through the public loading
@@ -67,6 +68,18 @@ def _save(model, processor, folder: Path) -> Path:
     return folder
 
 
+def _calm_detection_heads(model) -> None:
+    """Give the class and box heads small weights, so boxes start at each patch's default box."""
+    import torch
+
+    for head in (model.class_head, model.box_head):
+        for layer in head.modules():
+            if isinstance(layer, torch.nn.Linear):
+                torch.nn.init.normal_(layer.weight, std=0.02)
+                torch.nn.init.zeros_(layer.bias)
+    torch.nn.init.zeros_(model.box_head.dense2.weight)
+
+
 def build_owlvit(folder: Path) -> Path:
     """OWL-ViT detector: 64² input, patch 16 (a 4×4 grid), stretching image processor."""
     import torch
@@ -82,7 +95,9 @@ def build_owlvit(folder: Path) -> Path:
     image_processor = OwlViTImageProcessor(size={'height': IMAGE_SIZE, 'width': IMAGE_SIZE},
                                            crop_size={'height': IMAGE_SIZE, 'width': IMAGE_SIZE})
     processor = OwlViTProcessor(image_processor=image_processor, tokenizer=build_tokenizer())
-    return _save(OwlViTForObjectDetection(config).eval(), processor, folder)
+    model = OwlViTForObjectDetection(config).eval()
+    _calm_detection_heads(model)
+    return _save(model, processor, folder)
 
 
 def build_owlv2(folder: Path) -> Path:
@@ -99,7 +114,9 @@ def build_owlv2(folder: Path) -> Path:
         projection_dim=HIDDEN)
     image_processor = Owlv2ImageProcessor(size={'height': IMAGE_SIZE, 'width': IMAGE_SIZE})
     processor = Owlv2Processor(image_processor=image_processor, tokenizer=build_tokenizer())
-    return _save(Owlv2ForObjectDetection(config).eval(), processor, folder)
+    model = Owlv2ForObjectDetection(config).eval()
+    _calm_detection_heads(model)
+    return _save(model, processor, folder)
 
 
 def build_vilt(folder: Path) -> Path:

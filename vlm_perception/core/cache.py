@@ -22,12 +22,14 @@ class TextEmbeddingCache:
 
     def get(self, model_key: str, texts: Sequence[str],
             encode: Callable[[list[str]], Sequence[Any]]) -> list[Any]:
-        """Return one embedding per text, encoding only the texts not cached, in one call.
+        """
+        Return one embedding per text, encoding only the texts not cached, in one call.
 
         ``encode(texts)`` must return one embedding per text, in order.
         """
         with self._lock:
-            missing = [text for text in dict.fromkeys(texts) if (model_key, text) not in self._rows]
+            missing = [text for text in dict.fromkeys(texts)
+                       if (model_key, text) not in self._rows]
         if missing:
             encoded = encode(missing)
             with self._lock:

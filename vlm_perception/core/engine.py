@@ -1,4 +1,5 @@
-"""The perception engine: one object that owns the models, their caches and the frame encodings.
+"""
+The perception engine: one object that owns the models, their caches and the frame encodings.
 
 Used by the ROS node and the CLI alike::
 
@@ -54,7 +55,8 @@ class EngineConfig:
 
 
 class Frame:
-    """One validated RGB image plus the image encodings models made of it.
+    """
+    One validated RGB image plus the image encodings models made of it.
 
     The encodings live on the frame and go with it: dropping the frame frees them.
     """
@@ -139,8 +141,9 @@ class PerceptionEngine:
                           for capability, role in ROLE_OF.items()}
         self.device = resolve_device(self.config.device)
         self.dtype = resolve_dtype(self.config.dtype, self.device)
-        self._labels = clean_labels(self.config.labels or self.preset.labels)
-        tag_labels = self.config.tag_labels or self.preset.tag_labels
+        labels, tag_labels = self.config.labels, self.config.tag_labels
+        self._labels = clean_labels(self.preset.labels if labels is None else labels)
+        tag_labels = self.preset.tag_labels if tag_labels is None else tag_labels
         self._tag_labels = None if tag_labels is None else clean_labels(tag_labels)
         threshold = self.config.detection_threshold
         self.detection_threshold = check_threshold(
@@ -153,12 +156,12 @@ class PerceptionEngine:
 
     @property
     def labels(self) -> list[str]:
-        """The detection vocabulary in force."""
+        """Return the detection vocabulary in force."""
         return list(self._labels)
 
     @property
     def tag_labels(self) -> list[str]:
-        """The tag vocabulary: the detection labels unless set separately."""
+        """Return the tag vocabulary: the detection labels unless set separately."""
         return list(self._tag_labels if self._tag_labels is not None else self._labels)
 
     def set_labels(self, labels: Iterable[str] | str) -> list[str]:
@@ -183,14 +186,15 @@ class PerceptionEngine:
         return {capability: self.model_ids[capability] for capability in self._backends}
 
     def load(self, capabilities: Iterable[str] = CAPABILITIES, warmup: bool = False) -> None:
-        """Load the models of some capabilities now; with warmup, run each once on a blank frame.
+        """
+        Load the models of some capabilities now; with warmup, run each once on a blank frame.
 
         The warm-up also encodes the configured vocabularies, so the first real frame pays for
         neither.
         """
         capabilities = self._check_capabilities(capabilities)
         for capability in capabilities:
-            self._backend(capability)
+            self.backend(capability)
         if warmup:
             frame = self.frame(np.zeros((*WARMUP_SIZE, 3), dtype=np.uint8))
             runs = {'detect': lambda: self.detect(frame),
@@ -210,7 +214,9 @@ class PerceptionEngine:
                              f"(one of {', '.join(CAPABILITIES)})")
         return capabilities
 
-    def _backend(self, capability: str) -> Any:
+    def backend(self, capability: str) -> Any:
+        """Return the backend serving a capability, loading its model on first use."""
+        self._check_capabilities([capability])
         with self._lock:
             if capability not in self._backends:
                 from vlm_perception.core.backends import create_backend
@@ -243,7 +249,7 @@ class PerceptionEngine:
         frame = self.frame(frame)
         labels = self.labels if labels is None else clean_labels(labels)
         threshold = self.detection_threshold if threshold is None else check_threshold(threshold)
-        backend = self._backend('detect')
+        backend = self.backend('detect')
         with self._model_call():
             encoding = frame.encoding(backend.key, backend.encode_image)
             found = backend.detect(encoding, self._text_embeddings(backend, labels), threshold)
@@ -255,7 +261,7 @@ class PerceptionEngine:
         """Score the tag vocabulary (or labels) against the whole frame; best first, top_k kept."""
         frame = self.frame(frame)
         labels = self.tag_labels if labels is None else clean_labels(labels)
-        backend = self._backend('tags')
+        backend = self.backend('tags')
         with self._model_call():
             image_embedding = frame.encoding(backend.key, backend.encode_image)
             scores = backend.scores(image_embedding, self._text_embeddings(backend, labels))[0]
@@ -263,7 +269,8 @@ class PerceptionEngine:
 
     def classify_crops(self, frame: np.ndarray | Frame, detections: Sequence[Detection],
                        labels: Iterable[str] | str | None = None) -> list[LabelScore]:
-        """Classify each detection's crop with the tag model: its best label, in input order.
+        """
+        Classify each detection's crop with the tag model: its best label, in input order.
 
         Useful to re-rank or relabel detections with CLIP.
         """
@@ -271,7 +278,7 @@ class PerceptionEngine:
         labels = self.tag_labels if labels is None else clean_labels(labels)
         if not detections:
             return []
-        backend = self._backend('tags')
+        backend = self.backend('tags')
         with self._model_call():
             crops = backend.encode_images([frame.crop(detection) for detection in detections])
             scores = backend.scores(crops, self._text_embeddings(backend, labels))
@@ -291,7 +298,7 @@ class PerceptionEngine:
         """Answer a question about the frame, with the model's confidence (0..1)."""
         frame = self.frame(frame)
         question = clean_text(question, 'question')
-        backend = self._backend('vqa')
+        backend = self.backend('vqa')
         with self._model_call():
             encoding = frame.encoding(backend.key, backend.encode_image)
             text, confidence = backend.answer(encoding, question)
@@ -301,7 +308,7 @@ class PerceptionEngine:
         """Caption the frame; a prompt (e.g. 'a photo of') is continued by the caption."""
         frame = self.frame(frame)
         prompt = None if prompt is None or not prompt.strip() else clean_text(prompt, 'prompt')
-        backend = self._backend('caption')
+        backend = self.backend('caption')
         with self._model_call():
             encoding = frame.encoding(backend.key, backend.encode_image)
             return backend.caption(encoding, prompt)
@@ -309,7 +316,8 @@ class PerceptionEngine:
     def describe(self, frame: np.ndarray | Frame, labels: Iterable[str] | str | None = None,
                  question: str | None = None, caption: bool = True, tags: bool = True,
                  detect: bool = True) -> SceneDescription:
-        """Caption, tags, detections and (with a question) an answer, plus a summary paragraph.
+        """
+        Caption, tags, detections and (with a question) an answer, plus a summary paragraph.
 
         ``labels`` replace the detection vocabulary for this call (and the tag vocabulary when
         that follows the labels).

@@ -9,7 +9,8 @@ PAD = 'pad'           # padded bottom/right to a square first, then resized (Owl
 
 def boxes_to_pixels(boxes: np.ndarray, image_height: int, image_width: int,
                     fit: str) -> np.ndarray:
-    """Map (N, 4) boxes (cx, cy, w, h as fractions of the network input) to source pixels.
+    """
+    Map (N, 4) boxes (cx, cy, w, h as fractions of the network input) to source pixels.
 
     With ``STRETCH`` the fractions are of the source image's width and height; with ``PAD`` they
     are of the padded square whose side is the longer source side. Boxes are clipped to the

@@ -1,4 +1,5 @@
-"""Image conversion to the one format the engine takes: an HxWx3 uint8 RGB numpy array.
+"""
+Image conversion to the one format the engine takes: an HxWx3 uint8 RGB numpy array.
 
 ``from_raw`` reads the bytes of a ``sensor_msgs/Image`` (any row padding), ``decode_compressed``
 those of a ``sensor_msgs/CompressedImage`` or an image file, ``to_rgb`` converts grey, RGBA,
@@ -22,10 +23,12 @@ _BGRA_TO_RGBA = [2, 1, 0, 3]
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
-    """Return an HxWx3 uint8 RGB array; the input itself when it already is one.
+    """
+    Return an HxWx3 uint8 RGB array; the input itself when it already is one.
 
     Grey (HxW or HxWx1) is repeated to three channels, the alpha of RGBA is dropped, 16-bit is
-    scaled to 8 bits, float is read as 0..1 (NaN as 0), bool as 0/1. Anything else is an InputError.
+    scaled to 8 bits, float is read as 0..1 (NaN as 0), bool as 0/1. Anything else is an
+    InputError.
     """
     if not isinstance(image, np.ndarray):
         raise InputError(f'image must be a numpy array, not {type(image).__name__}')
@@ -58,7 +61,8 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 
 def from_raw(data: bytes | bytearray | memoryview | np.ndarray, height: int, width: int,
              encoding: str, step: int, is_bigendian: bool = False) -> np.ndarray:
-    """Return the RGB uint8 image held in raw ``sensor_msgs/Image`` bytes.
+    """
+    Return the RGB uint8 image held in raw ``sensor_msgs/Image`` bytes.
 
     ``step`` is the length of one row in bytes (it may include padding). For rgb8 and bgr8 the
     result is a view of ``data`` (no copy); other encodings are converted.

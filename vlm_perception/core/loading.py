@@ -1,4 +1,5 @@
-"""Where models come from: model ids, offline errors, and the local open_clip folder format.
+"""
+Where models come from: model ids, offline errors, and the local open_clip folder format.
 
 A model id is one of:
 
@@ -29,7 +30,8 @@ HF_HUB_PREFIX = 'hf-hub:'
 
 
 def local_folder(model_id: str) -> Path | None:
-    """Return the folder a model id names, or None when it is a hub id / open_clip name.
+    """
+    Return the folder a model id names, or None when it is a hub id / open_clip name.
 
     Raises ModelLoadError when the id is written as a path (absolute, ``./``, ``../``, ``~``)
     but no such folder exists.
@@ -51,7 +53,7 @@ def is_open_clip_id(model_id: str) -> bool:
 
 
 def model_type(model_id: str) -> str:
-    """Return the architecture key of a model id: ``open_clip`` or the transformers ``model_type``."""
+    """Return the architecture key of a model id: ``open_clip`` or a transformers model_type."""
     if is_open_clip_id(model_id):
         return OPEN_CLIP_TYPE
     return load_hf_config(model_id).model_type
@@ -75,7 +77,10 @@ def _first_line(error: BaseException) -> str:
 
 
 def _is_offline() -> bool:
-    return os.environ.get('HF_HUB_OFFLINE', '').strip().lower() in ('1', 'true', 'yes', 'on')
+    from huggingface_hub import constants
+
+    flag = os.environ.get('HF_HUB_OFFLINE', '').strip().lower() in ('1', 'true', 'yes', 'on')
+    return flag or constants.HF_HUB_OFFLINE
 
 
 @contextlib.contextmanager
@@ -178,7 +183,8 @@ def load_open_clip(model_id: str, device: str, dtype: Any) -> tuple[Any, Any, An
 
 def save_open_clip_model(model: Any, model_cfg: dict, out_dir: str | os.PathLike,
                          tokenizer: Any = None, preprocess_cfg: dict | None = None) -> Path:
-    """Write an open_clip model as a folder that ``load_open_clip`` (and open_clip) can read.
+    """
+    Write an open_clip model as a folder that ``load_open_clip`` (and open_clip) can read.
 
     The layout is open_clip's own hub layout: ``open_clip_config.json`` ({"model_cfg",
     "preprocess_cfg"}), ``open_clip_model.safetensors`` (the state dict), and, when a tokenizer is

@@ -1,4 +1,5 @@
-"""Presets: named sets of the four model ids, default labels and a detection threshold.
+"""
+Presets: named sets of the four model ids, default labels and a detection threshold.
 
 ``default`` names hub models and a small everyday vocabulary. A directory preset is a folder
 holding ``preset.json``::

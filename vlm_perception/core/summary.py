@@ -27,7 +27,8 @@ def _count_phrase(label: str, count: int) -> str:
 
 def summarize(caption: str, tags: Sequence[LabelScore], detections: Sequence[Detection] | None,
               image_width: int, answer: Answer | None = None) -> str:
-    """Build one paragraph: caption, top tags, detections grouped by label and place, answer.
+    """
+    Build one paragraph: caption, top tags, detections grouped by label and place, answer.
 
     ``detections`` is None when detection did not run (nothing is said about objects then).
     """

@@ -1,3 +1,4 @@
+# noqa: A005 (the team contract names this module types.py)
 """Results of the perception core; they mirror the package's ROS messages field by field."""
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
-"""Model backends, one module per capability; a registry picks the class from the architecture.
+"""
+Model backends, one module per capability; a registry picks the class from the architecture.
 
 The registry maps (capability, architecture key) to a backend class, where the architecture key
 is the transformers ``model_type`` of the model's config, or ``open_clip``. Backend modules are

@@ -10,7 +10,8 @@ from vlm_perception.core.loading import load_hf_config
 
 
 class Backend:
-    """One loaded model serving one capability.
+    """
+    One loaded model serving one capability.
 
     ``encode_image`` holds the image-only part of the model; the engine stores its result on the
     Frame so that every request on that frame with this model reuses it.

@@ -1,8 +1,8 @@
 """Zero-shot classification and scene tags with an open_clip CLIP model."""
 
 import numpy as np
-import torch
 from PIL import Image
+import torch
 
 from vlm_perception.core.backends.base import Backend
 from vlm_perception.core.loading import load_open_clip

@@ -66,7 +66,8 @@ class BlipAnswerer(HFBackend):
 
 def generate_text(decoder, text_config, encoder_states: torch.Tensor, tokenizer,
                   start: torch.Tensor | None, max_new_tokens: int) -> tuple[str, float]:
-    """Greedy BLIP decoding over encoder states; returns (text, probability of generated part).
+    """
+    Greedy BLIP decoding over encoder states; returns (text, probability of generated part).
 
     ``start`` holds prompt token ids (starting with BOS); None starts from BOS alone.
     """
