@@ -1,0 +1,182 @@
+"""
+Conversions between ROS messages and the core's numpy images and dataclasses.
+
+cv_bridge is used for raw images where it is installed; otherwise the core's converter, which
+views the message buffer without copying where the encoding allows.
+"""
+
+from typing import Any, Optional, Sequence
+
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point
+import numpy as np
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from vlm_perception import msg
+from vlm_perception.core import image as core_image
+from vlm_perception.core import types
+from vlm_perception.core.errors import InputError
+from vlm_perception.ros.diagnostics import DiagnosticReport, ERROR, OK, WARN
+from vlm_perception.ros.stream import check_image_size
+from vlm_perception.ros.visualization import label_colour
+
+try:
+    from cv_bridge import CvBridge
+except ImportError:
+    CvBridge = None
+try:
+    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+except ImportError:
+    Detection2DArray = None
+
+_LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR}
+SUMMARY_TEXT_HEIGHT = 0.08  # metres, in the camera frame
+
+
+def stamp_ns(stamp: Time) -> int:
+    """Nanoseconds of a builtin_interfaces/Time."""
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def image_to_rgb(image: Image) -> np.ndarray:
+    """Return the (H, W, 3) uint8 RGB pixels of a sensor_msgs/Image; InputError if unusable."""
+    check_image_size(image.height, image.width)
+    if CvBridge is None:
+        return core_image.from_raw(image.data, image.height, image.width, image.encoding,
+                                   image.step, bool(image.is_bigendian))
+    try:
+        return core_image.to_rgb(CvBridge().imgmsg_to_cv2(image, desired_encoding='rgb8'))
+    except Exception as error:  # cv_bridge raises several types for bad images
+        raise InputError(f'cannot convert {image.encoding} image: {error}') from error
+
+
+def compressed_to_rgb(image: CompressedImage) -> np.ndarray:
+    """Return the (H, W, 3) uint8 RGB pixels of a sensor_msgs/CompressedImage."""
+    if not image.data:
+        raise InputError('empty compressed image')
+    rgb = core_image.decode_compressed(bytes(image.data))
+    check_image_size(*rgb.shape[:2])
+    return rgb
+
+
+def rgb_to_image(rgb: np.ndarray, header: Header) -> Image:
+    """Return an rgb8 sensor_msgs/Image of rgb (H, W, 3 uint8) with the given header."""
+    height, width = rgb.shape[:2]
+    return Image(header=header, height=height, width=width, encoding='rgb8', is_bigendian=0,
+                 step=width * 3, data=np.ascontiguousarray(rgb).tobytes())
+
+
+def detection_to_msg(detection: types.Detection) -> msg.Detection:
+    """Convert a core Detection (no 3D position known)."""
+    return msg.Detection(label=detection.label, score=float(detection.score),
+                         center_x=float(detection.center_x), center_y=float(detection.center_y),
+                         size_x=float(detection.size_x), size_y=float(detection.size_y))
+
+
+def detection_from_msg(detection: msg.Detection) -> types.Detection:
+    """Convert a Detection message to the core dataclass."""
+    return types.Detection(detection.label, detection.score, detection.center_x,
+                           detection.center_y, detection.size_x, detection.size_y)
+
+
+def detections_to_msg(detections: Sequence[types.Detection], header: Header) -> msg.DetectionArray:
+    """Return a DetectionArray stamped with the source image's header."""
+    return msg.DetectionArray(header=header, detections=[detection_to_msg(d) for d in detections])
+
+
+def scene_to_msg(scene: types.SceneDescription, header: Header) -> msg.SceneDescription:
+    """Return a SceneDescription message stamped with the source image's header."""
+    return msg.SceneDescription(
+        header=header, caption=scene.caption, summary=scene.summary,
+        tags=[msg.LabelScore(label=tag.label, score=float(tag.score)) for tag in scene.tags],
+        detections=[detection_to_msg(d) for d in scene.detections])
+
+
+def scene_from_msg(scene: msg.SceneDescription) -> types.SceneDescription:
+    """Convert a SceneDescription message to the core dataclass (for printing as JSON)."""
+    return types.SceneDescription(
+        caption=scene.caption, summary=scene.summary,
+        tags=[types.LabelScore(tag.label, tag.score) for tag in scene.tags],
+        detections=[detection_from_msg(d) for d in scene.detections])
+
+
+def answer_to_msg(question_id: str, question: str, header: Optional[Header],
+                  answer: Optional[types.Answer] = None, error: str = '') -> msg.Answer:
+    """Return an Answer message: the answer, or success false with the error."""
+    result = msg.Answer(id=question_id, question=question, success=answer is not None,
+                        error=error)
+    if header is not None:
+        result.header = header
+    if answer is not None:
+        result.answer, result.confidence = answer.answer, float(answer.confidence)
+    return result
+
+
+def _rgba(label: str, alpha: float = 1.0) -> ColorRGBA:
+    red, green, blue = label_colour(label)
+    return ColorRGBA(r=red / 255, g=green / 255, b=blue / 255, a=alpha)
+
+
+def markers(summary: str, detections: msg.DetectionArray) -> MarkerArray:
+    """
+    Return rviz markers for the summary and for detections with a known 3D position.
+
+    The summary is a text marker ahead of the camera; each detection with has_position gets a
+    sphere and a label. All in the image's frame; the first marker clears the previous ones.
+    """
+    header = detections.header
+    clear = Marker(header=header, action=Marker.DELETEALL)
+    text = Marker(header=header, ns='summary', id=0, type=Marker.TEXT_VIEW_FACING,
+                  action=Marker.ADD, text=summary, color=_rgba('summary'))
+    # Camera optical frame: z forward, y down; the text floats above the view centre.
+    text.pose.position = Point(x=0.0, y=-0.6, z=2.0)
+    text.pose.orientation.w = 1.0
+    text.scale.z = SUMMARY_TEXT_HEIGHT
+    result = [clear, text]
+    placed = [d for d in detections.detections if d.has_position]
+    for index, detection in enumerate(placed):
+        sphere = Marker(header=header, ns='detections', id=index, type=Marker.SPHERE,
+                        action=Marker.ADD, color=_rgba(detection.label, 0.8))
+        sphere.pose.position = detection.position
+        sphere.pose.orientation.w = 1.0
+        sphere.scale.x = sphere.scale.y = sphere.scale.z = 0.1
+        label = Marker(header=header, ns='detection_labels', id=index,
+                       type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
+                       text=f'{detection.label} {detection.score:.2f}',
+                       color=_rgba(detection.label))
+        label.pose.position = Point(x=detection.position.x, y=detection.position.y - 0.1,
+                                    z=detection.position.z)
+        label.pose.orientation.w = 1.0
+        label.scale.z = SUMMARY_TEXT_HEIGHT
+        result += [sphere, label]
+    return MarkerArray(markers=result)
+
+
+def diagnostic_array(report: DiagnosticReport, stamp: Time, name: str,
+                     hardware_id: str) -> DiagnosticArray:
+    """Return a DiagnosticArray with one status made from report."""
+    status = DiagnosticStatus(level=_LEVELS[report.level], name=name, message=report.message,
+                              hardware_id=hardware_id,
+                              values=[KeyValue(key=k, value=v) for k, v in report.values.items()])
+    return DiagnosticArray(header=Header(stamp=stamp), status=[status])
+
+
+def detections_2d(detections: msg.DetectionArray) -> Any:
+    """Return a vision_msgs/Detection2DArray (class_id = label text); None without vision_msgs."""
+    if Detection2DArray is None:
+        return None
+    result = Detection2DArray(header=detections.header)
+    for detection in detections.detections:
+        item = Detection2D(header=detections.header)
+        hypothesis = ObjectHypothesisWithPose()
+        hypothesis.hypothesis.class_id = detection.label
+        hypothesis.hypothesis.score = float(detection.score)
+        item.results.append(hypothesis)
+        item.bbox.center.position.x = float(detection.center_x)
+        item.bbox.center.position.y = float(detection.center_y)
+        item.bbox.size_x, item.bbox.size_y = float(detection.size_x), float(detection.size_y)
+        result.detections.append(item)
+    return result

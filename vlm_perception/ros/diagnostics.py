@@ -1,0 +1,137 @@
+"""Counters behind the node's /diagnostics: rates, drops by cause, latency per capability."""
+
+from collections import Counter, deque
+from dataclasses import dataclass
+import threading
+import time
+from typing import Callable
+
+OK, WARN, ERROR = 'OK', 'WARN', 'ERROR'
+
+
+class RateMeter:
+    """Events per second over a sliding window."""
+
+    def __init__(self, window: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self._clock = clock
+        self._times: deque[float] = deque()
+
+    def tick(self) -> None:
+        """Record one event now."""
+        self._times.append(self._clock())
+        self._trim()
+
+    def rate(self) -> float:
+        """Events per second in the last window."""
+        self._trim()
+        return len(self._times) / self.window
+
+    def _trim(self) -> None:
+        oldest = self._clock() - self.window
+        while self._times and self._times[0] < oldest:
+            self._times.popleft()
+
+
+@dataclass
+class Latency:
+    """Latency of one capability: last value and exponential mean, seconds."""
+
+    last: float = 0.0
+    mean: float = 0.0
+    count: int = 0
+
+    def add(self, seconds: float, smoothing: float = 0.2) -> None:
+        """Add one measurement."""
+        first = self.count == 0
+        self.mean = seconds if first else (1 - smoothing) * self.mean + smoothing * seconds
+        self.last = seconds
+        self.count += 1
+
+
+@dataclass
+class DiagnosticReport:
+    """One status for /diagnostics: level (OK, WARN, ERROR), message and key values."""
+
+    level: str
+    message: str
+    values: dict[str, str]
+
+
+class PerceptionStats:
+    """Thread-safe counters the node updates from its callbacks and reports once a second."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self.received = RateMeter(clock=clock)
+        self.processed = RateMeter(clock=clock)
+        self.dropped: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.latency: dict[str, Latency] = {}
+        self.device = ''
+        self.model_state = 'loading'
+        self._reported_problems = 0
+
+    def record_received(self) -> None:
+        """Count one input image."""
+        with self._lock:
+            self.received.tick()
+
+    def record_processed(self) -> None:
+        """Count one image that went through inference."""
+        with self._lock:
+            self.processed.tick()
+
+    def record_drop(self, cause: str) -> None:
+        """Count one valid image not processed (superseded, stale, ...)."""
+        with self._lock:
+            self.dropped[cause] += 1
+
+    def record_rejected(self, cause: str) -> None:
+        """Count one bad input (image, question, label list) by cause."""
+        with self._lock:
+            self.rejected[cause] += 1
+
+    def record_error(self, where: str) -> None:
+        """Count one unexpected exception caught in a callback."""
+        with self._lock:
+            self.errors[where] += 1
+
+    def record_latency(self, capability: str, seconds: float) -> None:
+        """Add one inference time of a capability."""
+        with self._lock:
+            self.latency.setdefault(capability, Latency()).add(seconds)
+
+    def report(self) -> DiagnosticReport:
+        """Summarise the counters; WARN when bad input or errors arrived since the last report."""
+        with self._lock:
+            values = {
+                'input rate (Hz)': f'{self.received.rate():.2f}',
+                'processed rate (Hz)': f'{self.processed.rate():.2f}',
+                'device': self.device,
+                'model state': self.model_state,
+            }
+            values.update({f'dropped: {cause}': str(n)
+                           for cause, n in sorted(self.dropped.items())})
+            values.update({f'rejected: {cause}': str(n)
+                           for cause, n in sorted(self.rejected.items())})
+            values.update({f'errors: {where}': str(n) for where, n in sorted(self.errors.items())})
+            for capability, latency in sorted(self.latency.items()):
+                values[f'latency {capability} (ms)'] = (
+                    f'last {latency.last * 1e3:.1f}, mean {latency.mean * 1e3:.1f}')
+            problems = sum(self.rejected.values()) + sum(self.errors.values())
+            new_problems, self._reported_problems = (problems - self._reported_problems,
+                                                     problems)
+        level, message = self._level(new_problems)
+        return DiagnosticReport(level, message, values)
+
+    def _level(self, new_problems: int) -> tuple[str, str]:
+        if self.model_state.startswith('failed'):
+            return ERROR, self.model_state
+        if self.model_state != 'ready':
+            return WARN, f'models {self.model_state}'
+        if new_problems:
+            return WARN, f'{new_problems} bad inputs or errors since the last report'
+        return OK, 'running'

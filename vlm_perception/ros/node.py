@@ -1,0 +1,449 @@
+"""
+Perception node: open-vocabulary detection, tags, captions and answers about a camera stream.
+
+The image callback only keeps the newest frame; inference runs on the newest frame whenever the
+previous one is done, so the node is never behind the camera (older frames are dropped and
+counted). Every output carries the header (stamp, frame_id) of the image it is about.
+
+Subscriptions:
+    image (sensor_msgs/Image): camera frames; rgb8, bgr8, rgba8, bgra8, mono8, mono16, ...
+        With compressed: true, <resolved image topic>/compressed (sensor_msgs/CompressedImage)
+        instead, as image_transport names it. Sensor-data QoS, depth 1.
+    questions (vlm_perception/Question): visual questions about the latest frame.
+
+Published Topics:
+    detections (vlm_perception/DetectionArray): every processed frame.
+    detections_2d (vision_msgs/Detection2DArray): the same, class_id = label text; only where
+        vision_msgs is installed.
+    scene (vlm_perception/SceneDescription): every scene_period, caption + tags + detections.
+    scene_text (std_msgs/String): the summary of each scene.
+    answers (vlm_perception/Answer): one per Question, id echoed.
+    image_annotated (sensor_msgs/Image): boxes, labels and caption drawn; rendered only while
+        someone subscribes.
+    markers (visualization_msgs/MarkerArray): the summary as text in the camera frame, and a
+        marker per detection whose 3D position is known.
+    /diagnostics (diagnostic_msgs/DiagnosticArray): input and processed rates, dropped frames and
+        rejected inputs by cause, latency per capability, device, model state; once a second.
+
+Services:
+    query (vlm_perception/QueryScene): describe the latest frame (labels, caption, question),
+        failing when it is older than max_age.
+    set_labels (vlm_perception/SetLabels): replace the detection vocabulary (sets labels).
+
+Parameters (declared in vlm_perception.ros.parameters, defaults in config/params.yaml):
+    preset, detector_model, classifier_model, vqa_model, caption_model, device, dtype, compressed,
+    image_reliability, warmup (read-only); capabilities, labels, detection_threshold,
+    scene_period, max_rate, max_image_age (settable at run time; bad values are rejected).
+
+Environment:
+    VLM_PERCEPTION_ADDED_LATENCY: seconds of sleep added to each processed frame, to mimic a
+        slow device (the frame-dropping tests use it). Unset in normal use.
+"""
+
+from contextlib import contextmanager
+import os
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterator, Optional
+
+from rcl_interfaces.msg import (FloatingPointRange, ParameterDescriptor, ParameterType,
+                                SetParametersResult)
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.exceptions import ParameterException, ParameterUninitializedException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
+
+from vlm_perception import msg, srv
+from vlm_perception.core.engine import clean_labels, clean_text, EngineConfig, PerceptionEngine
+from vlm_perception.core.errors import InputError, ModelLoadError
+from vlm_perception.core.summary import summarize
+from vlm_perception.core.types import SceneDescription
+from vlm_perception.ros import conversions, parameters
+from vlm_perception.ros.diagnostics import PerceptionStats
+from vlm_perception.ros.stream import (image_age, LatestSlot, Periodic, RateLimiter, SourceFrame,
+                                       too_old)
+from vlm_perception.ros.visualization import annotate
+
+NODE_NAME = 'vlm_perception'
+ADDED_LATENCY_ENV = 'VLM_PERCEPTION_ADDED_LATENCY'
+THROTTLE_S = 5.0
+_PARAMETER_TYPES = {'string': ParameterType.PARAMETER_STRING,
+                    'bool': ParameterType.PARAMETER_BOOL,
+                    'double': ParameterType.PARAMETER_DOUBLE,
+                    'string_array': ParameterType.PARAMETER_STRING_ARRAY}
+
+
+class FrameUnavailable(Exception):
+    """No frame to answer about: none received yet, or the latest is too old."""
+
+
+def descriptor(spec: parameters.ParameterSpec) -> ParameterDescriptor:
+    """Return the ParameterDescriptor of a parameter spec."""
+    result = ParameterDescriptor(name=spec.name, type=_PARAMETER_TYPES[spec.kind],
+                                 description=spec.description, read_only=spec.read_only)
+    if spec.limits is not None:
+        result.floating_point_range = [FloatingPointRange(
+            from_value=spec.limits[0], to_value=spec.limits[1], step=0.0)]
+    if spec.choices:
+        result.additional_constraints = f'one of {", ".join(spec.choices)}'
+    return result
+
+
+class PerceptionNode(Node):
+    """Run the perception engine on the newest camera frame; answer queries and questions."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        for spec in parameters.SPECS:
+            self.declare_parameter(spec.name, _declared_default(spec), descriptor(spec))
+        for spec in parameters.SPECS:
+            if self._is_set(spec.name):
+                reason = parameters.check(spec.name, self._value(spec.name))
+                if reason:
+                    raise InputError(f'parameter {reason}')
+
+        self.stats = PerceptionStats()
+        self._added_latency = float(os.environ.get(ADDED_LATENCY_ENV, '0') or 0)
+        self._stopping = threading.Event()
+        self._slot: LatestSlot[SourceFrame] = LatestSlot()
+        self._latest: Optional[SourceFrame] = None
+        self._latest_lock = threading.Lock()
+        self._rate = RateLimiter(self._value('max_rate'))
+        self._scene_due = Periodic(self._value('scene_period'))
+        self._capabilities = tuple(self._value('capabilities'))
+        self._threshold = self._value('detection_threshold')
+        self._max_image_age = self._value('max_image_age')
+        self._caption = ''
+        labels = self._value('labels') if self._is_set('labels') else None
+        self._engine = PerceptionEngine(EngineConfig(
+            preset=self._value('preset'),
+            detector_model=self._value('detector_model') or None,
+            classifier_model=self._value('classifier_model') or None,
+            vqa_model=self._value('vqa_model') or None,
+            caption_model=self._value('caption_model') or None,
+            device=self._value('device'), dtype=self._value('dtype'), labels=labels))
+
+        input_group = MutuallyExclusiveCallbackGroup()   # image callback: keeps the newest frame
+        stream_group = MutuallyExclusiveCallbackGroup()  # inference on the stream
+        request_group = ReentrantCallbackGroup()         # queries, questions, labels, diagnostics
+        self._wake = self.create_guard_condition(self._process, stream_group)
+
+        self._detections_pub = self.create_publisher(msg.DetectionArray, 'detections', 10)
+        self._detections_2d_pub = (
+            self.create_publisher(conversions.Detection2DArray, 'detections_2d', 10)
+            if conversions.Detection2DArray is not None else None)
+        self._scene_pub = self.create_publisher(msg.SceneDescription, 'scene', 10)
+        self._scene_text_pub = self.create_publisher(String, 'scene_text', 10)
+        self._answers_pub = self.create_publisher(msg.Answer, 'answers', 10)
+        self._annotated_pub = self.create_publisher(Image, 'image_annotated', 1)
+        self._markers_pub = self.create_publisher(MarkerArray, 'markers', 10)
+        self._diagnostics_pub = self.create_publisher(
+            conversions.DiagnosticArray, '/diagnostics', 10)
+
+        self._subscribe_images(input_group)
+        self.create_subscription(msg.Question, 'questions', self._on_question, 10,
+                                 callback_group=request_group)
+        self.create_service(srv.QueryScene, 'query', self._on_query,
+                            callback_group=request_group)
+        self.create_service(srv.SetLabels, 'set_labels', self._on_set_labels,
+                            callback_group=request_group)
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=request_group)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # --- start and stop ---------------------------------------------------------------------
+
+    def load_models(self) -> None:
+        """Load (and warm up) the models of the stream's capabilities; ModelLoadError if not."""
+        capabilities = self._capabilities
+        self.get_logger().info(f'loading models for {", ".join(capabilities) or "nothing"} '
+                               f'(preset {self._value("preset")})')
+        try:
+            self._engine.load(capabilities=capabilities, warmup=self._value('warmup'))
+        except (ModelLoadError, InputError) as error:
+            self.stats.model_state = f'failed: {error}'
+            raise
+        self.stats.device = self._engine.device
+        self.stats.model_state = 'ready'
+        if self._value('device') == 'auto' and self._engine.device == 'cpu':
+            self.get_logger().warning('device auto: no CUDA device found, running on the CPU')
+        if not self._is_set('labels'):
+            self.set_parameters([Parameter('labels', Parameter.Type.STRING_ARRAY,
+                                           self._engine.labels)])
+        loaded = ', '.join(f'{cap}: {model}' for cap, model in self._engine.loaded.items())
+        self.get_logger().info(f'ready on {self._engine.device} ({loaded}); '
+                               f'labels: {", ".join(self._engine.labels)}')
+
+    def stop(self) -> None:
+        """Let a waiting stream callback return at once (before the executor shuts down)."""
+        self._stopping.set()
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _value(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    def _is_set(self, name: str) -> bool:
+        try:
+            self.get_parameter(name)
+        except ParameterUninitializedException:
+            return False
+        return True
+
+    @contextmanager
+    def _guarded(self, where: str) -> Iterator[None]:
+        """Log and count any exception so that no callback ends spin()."""
+        try:
+            yield
+        except Exception as error:  # a callback must never kill the node
+            self.stats.record_error(where)
+            self.get_logger().error(f'{where}: {type(error).__name__}: {error}',
+                                    throttle_duration_sec=THROTTLE_S)
+
+    def _reject(self, what: str, error: object) -> None:
+        self.stats.record_rejected(what)
+        self.get_logger().warning(f'rejected {what}: {error}', throttle_duration_sec=THROTTLE_S)
+
+    def _timed(self, capability: str, call: Callable[..., Any], *args: Any,
+               **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        result = call(*args, **kwargs)
+        self.stats.record_latency(capability, time.perf_counter() - start)
+        return result
+
+    def _frame_for(self, max_age: float) -> tuple[SourceFrame, float]:
+        """Return the latest frame and its age; FrameUnavailable when none or too old."""
+        with self._latest_lock:
+            frame = self._latest
+        if frame is None:
+            raise FrameUnavailable('no image received yet')
+        age = image_age(self.get_clock().now().nanoseconds, frame.stamp_ns)
+        if too_old(age, max_age):
+            raise FrameUnavailable(f'the latest image is {age:.2f} s old, more than {max_age:g} s')
+        return frame, age
+
+    # --- images -------------------------------------------------------------------------------
+
+    def _subscribe_images(self, group: MutuallyExclusiveCallbackGroup) -> None:
+        reliability = (ReliabilityPolicy.RELIABLE if self._value('image_reliability') == 'reliable'
+                       else ReliabilityPolicy.BEST_EFFORT)
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability)
+        if self._value('compressed'):
+            topic = self.resolve_topic_name('image') + '/compressed'
+            self.create_subscription(CompressedImage, topic, self._on_compressed, qos,
+                                     callback_group=group)
+        else:
+            topic = 'image'
+            self.create_subscription(Image, topic, self._on_image, qos, callback_group=group)
+        self.get_logger().info(f'subscribed to {self.resolve_topic_name(topic)}')
+
+    def _on_image(self, image: Image) -> None:
+        with self._guarded('image'):
+            self._keep(image.header, lambda: conversions.image_to_rgb(image), 'image')
+
+    def _on_compressed(self, image: CompressedImage) -> None:
+        with self._guarded('compressed image'):
+            self._keep(image.header, lambda: conversions.compressed_to_rgb(image),
+                       'compressed image')
+
+    def _keep(self, header: Any, to_rgb: Callable[[], Any], what: str) -> None:
+        """Convert a received image and make it the newest frame (for the stream and queries)."""
+        self.stats.record_received()
+        try:
+            rgb = to_rgb()
+        except InputError as error:
+            self._reject(what, error)
+            return
+        frame = SourceFrame(header, conversions.stamp_ns(header.stamp), rgb)
+        with self._latest_lock:
+            self._latest = frame
+        if self._slot.put(frame):
+            self.stats.record_drop('superseded')
+        self._wake.trigger()
+
+    def _process(self) -> None:
+        """Run the stream's capabilities on the newest frame (stream callback group)."""
+        with self._guarded('stream'):
+            delay = self._rate.wait_time()
+            if delay > 0 and self._stopping.wait(delay):
+                return
+            frame = self._slot.take()
+            if frame is None:
+                return
+            try:
+                self._run_stream(frame)
+            finally:
+                if self._slot.pending:
+                    self._wake.trigger()
+
+    def _run_stream(self, frame: SourceFrame) -> None:
+        age = image_age(self.get_clock().now().nanoseconds, frame.stamp_ns)
+        if too_old(age, self._max_image_age):
+            self.stats.record_drop('stale')
+            self.get_logger().warning(
+                f'skipping an image {age:.2f} s old (max_image_age {self._max_image_age:g} s)',
+                throttle_duration_sec=THROTTLE_S)
+            return
+        self._rate.mark()
+        if self._added_latency:
+            time.sleep(self._added_latency)
+        capabilities, engine = self._capabilities, self._engine
+        engine_frame = frame.engine_frame(engine.frame)
+        detections = (self._timed('detect', engine.detect, engine_frame,
+                                  threshold=self._threshold or None)
+                      if 'detect' in capabilities else [])
+        detections_msg = conversions.detections_to_msg(detections, frame.header)
+        self._detections_pub.publish(detections_msg)
+        if self._detections_2d_pub is not None:
+            self._detections_2d_pub.publish(conversions.detections_2d(detections_msg))
+        if self._scene_due.due():
+            self._scene_due.mark()
+            tags = (self._timed('tags', engine.tags, engine_frame)
+                    if 'tags' in capabilities else [])
+            self._caption = (self._timed('caption', engine.caption, engine_frame)
+                             if 'caption' in capabilities else '')
+            scene = SceneDescription(caption=self._caption, tags=tags, detections=detections)
+            scene.summary = summarize(scene.caption, tags,
+                                      detections if 'detect' in capabilities else None,
+                                      frame.rgb.shape[1])
+            self._scene_pub.publish(conversions.scene_to_msg(scene, frame.header))
+            self._scene_text_pub.publish(String(data=scene.summary))
+            self._markers_pub.publish(conversions.markers(scene.summary, detections_msg))
+        if self._annotated_pub.get_subscription_count() > 0:
+            self._annotated_pub.publish(conversions.rgb_to_image(
+                annotate(frame.rgb, detections, self._caption), frame.header))
+        self.stats.record_processed()
+
+    # --- questions, queries, labels -----------------------------------------------------------
+
+    def _on_question(self, question: msg.Question) -> None:
+        with self._guarded('question'):
+            header = None
+            try:
+                text = clean_text(question.question, 'question')
+                frame, _ = self._frame_for(self._max_image_age)
+                header = frame.header
+                answer = self._timed('vqa', self._engine.answer,
+                                     frame.engine_frame(self._engine.frame), text)
+                reply = conversions.answer_to_msg(question.id, question.question, header, answer)
+            except InputError as error:
+                self._reject('question', error)
+                reply = conversions.answer_to_msg(question.id, question.question, header,
+                                                  error=str(error))
+            except (FrameUnavailable, ModelLoadError) as error:
+                reply = conversions.answer_to_msg(question.id, question.question, header,
+                                                  error=str(error))
+            self._answers_pub.publish(reply)
+
+    def _on_query(self, request: srv.QueryScene.Request,
+                  response: srv.QueryScene.Response) -> srv.QueryScene.Response:
+        response.success, response.message = False, 'internal error (see the node log)'
+        with self._guarded('query'):
+            try:
+                self._answer_query(request, response)
+            except InputError as error:
+                self._reject('query', error)
+                response.message = str(error)
+            except (FrameUnavailable, ModelLoadError) as error:
+                response.message = str(error)
+        return response
+
+    def _answer_query(self, request: srv.QueryScene.Request,
+                      response: srv.QueryScene.Response) -> None:
+        labels = clean_labels(request.labels) if request.labels else None
+        question = clean_text(request.question, 'question') if request.question.strip() else None
+        frame, age = self._frame_for(request.max_age)
+        scene = self._timed('query', self._engine.describe, frame.engine_frame(self._engine.frame),
+                            labels=labels, question=question, caption=request.caption,
+                            tags='tags' in self._capabilities, detect=True)
+        response.scene = conversions.scene_to_msg(scene, frame.header)
+        if scene.answer is not None:
+            response.answer = scene.answer.answer
+            response.confidence = float(scene.answer.confidence)
+        response.success, response.message = True, f'image {age:.2f} s old'
+
+    def _on_set_labels(self, request: srv.SetLabels.Request,
+                       response: srv.SetLabels.Response) -> srv.SetLabels.Response:
+        with self._guarded('set_labels'):
+            result = self.set_parameters([Parameter('labels', Parameter.Type.STRING_ARRAY,
+                                                    list(request.labels))])[0]
+            response.success = result.successful
+            response.message = result.reason or f'{len(self._engine.labels)} labels'
+        response.labels = list(self._engine.labels)
+        return response
+
+    # --- parameters and diagnostics -----------------------------------------------------------
+
+    def _on_set_parameters(self, changes: list[Parameter]) -> SetParametersResult:
+        for change in changes:
+            reason = parameters.check(change.name, change.value)
+            if reason:
+                self._reject('parameter', reason)
+                return SetParametersResult(successful=False, reason=reason)
+        for change in changes:  # labels first: the engine may still refuse them
+            if change.name == 'labels':
+                try:
+                    self._engine.set_labels(change.value)
+                except InputError as error:
+                    self._reject('labels', error)
+                    return SetParametersResult(successful=False, reason=f'labels: {error}')
+        for change in changes:
+            if change.name == 'capabilities':
+                self._capabilities = tuple(change.value)
+            elif change.name == 'detection_threshold':
+                self._threshold = change.value
+            elif change.name == 'scene_period':
+                self._scene_due.period = change.value
+            elif change.name == 'max_rate':
+                self._rate.max_rate = change.value
+            elif change.name == 'max_image_age':
+                self._max_image_age = change.value
+        return SetParametersResult(successful=True)
+
+    def _publish_diagnostics(self) -> None:
+        with self._guarded('diagnostics'):
+            self._diagnostics_pub.publish(conversions.diagnostic_array(
+                self.stats.report(), self.get_clock().now().to_msg(),
+                f'{self.get_name()}: perception', self.stats.device or 'unknown'))
+
+
+def _declared_default(spec: parameters.ParameterSpec) -> Any:
+    """Return the declare_parameter default: the value, or the bare type when unset."""
+    if spec.default is None:
+        return Parameter.Type.STRING_ARRAY
+    return list(spec.default) if isinstance(spec.default, list) else spec.default
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    """Run the perception node until Ctrl-C; 1 when models or parameters are unusable."""
+    rclpy.init(args=args)
+    node = None
+    status = 0
+    try:
+        node = PerceptionNode()
+        node.load_models()
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ModelLoadError, InputError, ParameterException) as error:
+        logger = node.get_logger() if node is not None else rclpy.logging.get_logger(NODE_NAME)
+        logger.fatal(str(error))
+        status = 1
+    finally:
+        if node is not None:
+            node.stop()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(main())

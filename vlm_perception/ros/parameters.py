@@ -1,0 +1,108 @@
+"""
+The node's parameters as data: names, types, defaults, descriptions, ranges, and checks.
+
+The node declares every parameter from SPECS (with a ParameterDescriptor built from the spec)
+and runs check() on every change; config/params.yaml lists the same defaults.
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+from vlm_perception.core.engine import CAPABILITIES, clean_labels
+from vlm_perception.core.errors import InputError
+
+RELIABILITIES = ('best_effort', 'reliable')
+
+Value = Union[str, bool, float, list[str]]
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One parameter; default None means declared without a value (filled in by the node)."""
+
+    name: str
+    kind: str  # 'string', 'bool', 'double' or 'string_array'
+    default: Optional[Value]
+    description: str
+    limits: Optional[tuple[float, float]] = None
+    choices: tuple[str, ...] = ()
+    read_only: bool = False
+
+
+SPECS: tuple[ParameterSpec, ...] = (
+    ParameterSpec('preset', 'string', 'default',
+                  'Model preset: a built-in name (default, shapes) or a preset folder.',
+                  read_only=True),
+    ParameterSpec('detector_model', 'string', '',
+                  "Open-vocabulary detector (OWL-ViT/OWLv2 id or folder); empty = the preset's.",
+                  read_only=True),
+    ParameterSpec('classifier_model', 'string', '',
+                  'Zero-shot tagger (open_clip NAME:PRETRAINED, hub id or folder); '
+                  "empty = the preset's.", read_only=True),
+    ParameterSpec('vqa_model', 'string', '',
+                  "Visual question answering model (ViLT/BLIP); empty = the preset's.",
+                  read_only=True),
+    ParameterSpec('caption_model', 'string', '',
+                  "Captioning model (BLIP); empty = the preset's.", read_only=True),
+    ParameterSpec('capabilities', 'string_array', list(CAPABILITIES),
+                  'Models loaded at start and run on the stream: detect (every processed frame), '
+                  'tags and caption (every scene_period), vqa (questions topic). Queries and '
+                  'questions load caption or vqa on first use when not listed.',
+                  choices=CAPABILITIES),
+    ParameterSpec('device', 'string', 'auto',
+                  'Torch device: auto (CUDA when present, else CPU with a warning), cpu, cuda, '
+                  'cuda:N.', read_only=True),
+    ParameterSpec('dtype', 'string', 'auto',
+                  'Weights precision: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.',
+                  read_only=True),
+    ParameterSpec('labels', 'string_array', None,
+                  "Detection vocabulary (open-vocabulary queries); unset = the preset's. "
+                  'Setting it acts like the set_labels service.'),
+    ParameterSpec('detection_threshold', 'double', 0.0,
+                  "Minimum detection score; 0 = the preset's threshold.", limits=(0.0, 1.0)),
+    ParameterSpec('scene_period', 'double', 2.0,
+                  'Seconds between caption and tags refreshes (scene, scene_text); '
+                  '0 = on every processed frame.', limits=(0.0, 3600.0)),
+    ParameterSpec('max_rate', 'double', 0.0,
+                  'Most processed frames per second; 0 = as fast as frames and models allow.',
+                  limits=(0.0, 1000.0)),
+    ParameterSpec('max_image_age', 'double', 0.0,
+                  'Skip frames older than this many seconds (now - header.stamp); 0 = any age.',
+                  limits=(0.0, 3600.0)),
+    ParameterSpec('compressed', 'bool', False,
+                  'Subscribe <image>/compressed (sensor_msgs/CompressedImage) instead of image.',
+                  read_only=True),
+    ParameterSpec('image_reliability', 'string', 'best_effort',
+                  'QoS reliability of the image subscription: best_effort or reliable.',
+                  choices=RELIABILITIES, read_only=True),
+    ParameterSpec('warmup', 'bool', True,
+                  'Run each loaded model once at start so the first frame is not slow.',
+                  read_only=True),
+)
+
+SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
+
+
+def check(name: str, value: Value) -> Optional[str]:
+    """Return why value is not acceptable for parameter name, or None when it is."""
+    spec = SPEC_BY_NAME.get(name)
+    if spec is None:
+        return None  # not ours (use_sim_time and the like)
+    if spec.limits is not None:
+        low, high = spec.limits
+        if not low <= value <= high:
+            return f'{name} must be within [{low:g}, {high:g}], got {value!r}'
+    if spec.choices:
+        values: Sequence[str] = value if spec.kind == 'string_array' else [value]
+        unknown = [item for item in values if item not in spec.choices]
+        if unknown:
+            expected = ', '.join(spec.choices)
+            return f'{name}: unknown value {unknown[0]!r}, expected one of {expected}'
+        if len(set(values)) != len(values):
+            return f'{name}: repeated values in {list(values)!r}'
+    if name == 'labels':
+        try:
+            clean_labels(value)
+        except InputError as error:
+            return f'labels: {error}'
+    return None

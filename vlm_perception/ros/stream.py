@@ -1,0 +1,120 @@
+"""Frame flow of the node without ROS: newest-frame slot, rate limit and image age."""
+
+from dataclasses import dataclass, field
+import threading
+import time
+from typing import Any, Callable, Generic, Optional, TypeVar
+
+import numpy as np
+
+from vlm_perception.core.errors import InputError
+
+Item = TypeVar('Item')
+MAX_IMAGE_SIDE = 8192
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+class LatestSlot(Generic[Item]):
+    """Hold only the newest item; putting over an item nobody took counts as one drop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._item: Optional[Item] = None
+
+    def put(self, item: Item) -> bool:
+        """Store item; return True when it replaced an item that was never taken."""
+        with self._lock:
+            replaced = self._item is not None
+            self._item = item
+        return replaced
+
+    def take(self) -> Optional[Item]:
+        """Remove and return the newest item, or None when empty."""
+        with self._lock:
+            item, self._item = self._item, None
+        return item
+
+    @property
+    def pending(self) -> bool:
+        """Whether an item waits to be taken."""
+        with self._lock:
+            return self._item is not None
+
+
+class RateLimiter:
+    """Space events at least 1 / max_rate seconds apart; max_rate 0 means no limit."""
+
+    def __init__(self, max_rate: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_rate = max_rate
+        self._clock = clock
+        self._last: Optional[float] = None
+
+    def wait_time(self) -> float:
+        """Seconds to wait before the next event is allowed (0 when allowed now)."""
+        if self.max_rate <= 0 or self._last is None:
+            return 0.0
+        return max(0.0, self._last + 1.0 / self.max_rate - self._clock())
+
+    def mark(self) -> None:
+        """Record that an event happens now."""
+        self._last = self._clock()
+
+
+class Periodic:
+    """Tell when a periodic job (the scene refresh) is due; period 0 means every time."""
+
+    def __init__(self, period: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period = period
+        self._clock = clock
+        self._last: Optional[float] = None
+
+    def due(self) -> bool:
+        """Whether the job should run now."""
+        return self._last is None or self._clock() - self._last >= self.period
+
+    def mark(self) -> None:
+        """Record that the job ran now."""
+        self._last = self._clock()
+
+
+def check_image_size(height: int, width: int) -> None:
+    """Reject empty images and images too large to process (InputError)."""
+    if height <= 0 or width <= 0:
+        raise InputError(f'empty image ({width}x{height})')
+    if max(height, width) > MAX_IMAGE_SIDE or height * width > MAX_IMAGE_PIXELS:
+        raise InputError(f'image of {width}x{height} is larger than the node accepts '
+                         f'({MAX_IMAGE_SIDE} pixels a side, {MAX_IMAGE_PIXELS} in all)')
+
+
+def image_age(now_ns: int, stamp_ns: int) -> float:
+    """Age in seconds of an image stamped stamp_ns at time now_ns (negative: from the future)."""
+    return (now_ns - stamp_ns) / 1e9
+
+
+def too_old(age: float, max_age: float) -> bool:
+    """Whether an image of this age fails a max_age limit (0 = any age is fine)."""
+    return max_age > 0 and age > max_age
+
+
+@dataclass
+class SourceFrame:
+    """
+    A received image: its header (kept opaque), stamp, RGB pixels and engine frame.
+
+    The engine frame (which caches model encodings) is made once, on first use, so the stream
+    and a query about the same image share it.
+    """
+
+    header: Any
+    stamp_ns: int
+    rgb: np.ndarray  # (H, W, 3) uint8
+    _engine_frame: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def engine_frame(self, make: Callable[[np.ndarray], Any]) -> Any:
+        """Return the engine frame of this image, making it with make(rgb) the first time."""
+        with self._lock:
+            if self._engine_frame is None:
+                self._engine_frame = make(self.rgb)
+            return self._engine_frame
