@@ -1,4 +1,5 @@
-"""Procedural renderer of the shapes world, with its ground truth.
+"""
+Procedural renderer of the shapes world, with its ground truth.
 
 A scene is a flat grey-ish background with Gaussian pixel noise and one to four coloured
 circles, squares and triangles, each drawn in its own square box (boxes never touch). Every
@@ -84,7 +85,8 @@ def sample_background(rng: np.random.Generator) -> tuple[int, int, int]:
 
 def sample_objects(rng: np.random.Generator, width: int, height: int,
                    count: int | None = None) -> list[ShapeObject]:
-    """Draw random objects whose boxes lie inside a width x height image, MIN_GAP apart.
+    """
+    Draw random objects whose boxes lie inside a width x height image, MIN_GAP apart.
 
     ``count`` defaults to a uniform draw from 1..4. If an object finds no free place (only
     likely in small images) it is dropped, so fewer objects may come back.
@@ -179,7 +181,8 @@ def caption_of(objects: Sequence[ShapeObject]) -> str:
 
 def questions_of(objects: Sequence[ShapeObject],
                  rng: np.random.Generator) -> list[tuple[str, str]]:
-    """List question/answer pairs (lower case) that the objects answer unambiguously.
+    """
+    List question/answer pairs (lower case) that the objects answer unambiguously.
 
     Colour questions for shapes seen exactly once, shape questions for colours seen exactly
     once, counts of each shape and of all objects, and "is there" questions for every
