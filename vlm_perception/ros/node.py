@@ -384,14 +384,14 @@ class PerceptionNode(Node):
         for change in changes:
             reason = parameters.check(change.name, change.value)
             if reason:
-                self._reject('parameter', reason)
+                self._reject(f'parameter {change.name}', reason)
                 return SetParametersResult(successful=False, reason=reason)
         for change in changes:  # labels first: the engine may still refuse them
             if change.name == 'labels':
                 try:
                     self._engine.set_labels(change.value)
                 except InputError as error:
-                    self._reject('labels', error)
+                    self._reject('parameter labels', error)
                     return SetParametersResult(successful=False, reason=f'labels: {error}')
         for change in changes:
             if change.name == 'capabilities':
