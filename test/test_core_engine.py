@@ -252,3 +252,20 @@ def test_two_threads_share_one_engine(engine: PerceptionEngine) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('dtype', ['auto', 'bf16', 'fp32'])
+def test_cuda_end_to_end(tiny_preset, tiny_models: dict, dtype: str) -> None:
+    for vqa, detector in (('vqa_blip', 'detector'), ('vqa_vilt', 'detector_v2')):
+        engine = _engine(tiny_preset, device='cuda', dtype=dtype,
+                         vqa_model=str(tiny_models[vqa]),
+                         detector_model=str(tiny_models[detector]))
+        assert engine.device == 'cuda:0'
+        assert engine.dtype == ('fp16' if dtype == 'auto' else dtype)
+        scene = engine.describe(_image(45, 77), question='is there a cup?')
+        scores = [d.score for d in scene.detections] + [t.score for t in scene.tags]
+        assert scene.caption and scene.detections and scene.answer is not None
+        assert all(math.isfinite(s) for s in scores + [scene.answer.confidence])
+        model = engine.backend('detect').model
+        assert next(model.parameters()).device.type == 'cuda'

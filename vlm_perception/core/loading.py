@@ -90,7 +90,7 @@ def hf_load_errors(model_id: str, what: str) -> Iterator[None]:
         yield
     except ModelLoadError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+    except Exception as error:  # noqa: B902 (hub, file, format and config errors alike)
         if local_folder(model_id) is not None:
             raise ModelLoadError(
                 f"cannot load {what} model from folder '{model_id}': {_first_line(error)}"
@@ -160,7 +160,7 @@ def load_open_clip(model_id: str, device: str, dtype: Any) -> tuple[Any, Any, An
         tokenizer = open_clip.get_tokenizer(name)
     except ModelLoadError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+    except Exception as error:  # noqa: B902 (hub, file, format and config errors alike)
         hub_repo = None
         if pretrained is not None:
             tag = open_clip.get_pretrained_cfg(name, pretrained) or {}
