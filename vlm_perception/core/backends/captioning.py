@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from vlm_perception.core.backends.base import HFBackend
-from vlm_perception.core.backends.vqa import generate_text
+from vlm_perception.core.backends.blip import generate_text
 
 MAX_CAPTION_TOKENS = 30
 

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from vlm_perception.core.backends.base import HFBackend
+from vlm_perception.core.backends.blip import generate_text
 
 MAX_ANSWER_TOKENS = 10
 
@@ -62,27 +63,3 @@ class BlipAnswerer(HFBackend):
             return_dict=False)[0]
         return generate_text(self.model.text_decoder, self.config.text_config, question_states,
                              self.tokenizer, start=None, max_new_tokens=MAX_ANSWER_TOKENS)
-
-
-def generate_text(decoder, text_config, encoder_states: torch.Tensor, tokenizer,
-                  start: torch.Tensor | None, max_new_tokens: int) -> tuple[str, float]:
-    """
-    Greedy BLIP decoding over encoder states; returns (text, probability of generated part).
-
-    ``start`` holds prompt token ids (starting with BOS); None starts from BOS alone.
-    """
-    if start is None:
-        start = torch.full((1, 1), text_config.bos_token_id, device=encoder_states.device)
-    encoder_mask = torch.ones(encoder_states.shape[:-1], dtype=torch.long,
-                              device=encoder_states.device)
-    output = decoder.generate(
-        input_ids=start, eos_token_id=text_config.sep_token_id,
-        pad_token_id=text_config.pad_token_id, encoder_hidden_states=encoder_states,
-        encoder_attention_mask=encoder_mask, max_new_tokens=max_new_tokens, do_sample=False,
-        num_beams=1, output_scores=True, return_dict_in_generate=True)
-    step_log_probs = decoder.compute_transition_scores(
-        output.sequences, output.scores, normalize_logits=True)[0].float()
-    step_log_probs = step_log_probs[torch.isfinite(step_log_probs)]
-    probability = float(step_log_probs.sum().exp()) if step_log_probs.numel() else 0.0
-    text = tokenizer.decode(output.sequences[0], skip_special_tokens=True).strip()
-    return text, probability

@@ -1,0 +1,27 @@
+"""BLIP's greedy text decoding, shared by BLIP VQA (answers) and BLIP captioning."""
+
+import torch
+
+
+def generate_text(decoder, text_config, encoder_states: torch.Tensor, tokenizer,
+                  start: torch.Tensor | None, max_new_tokens: int) -> tuple[str, float]:
+    """
+    Decode greedily over encoder states; return (text, probability of the generated part).
+
+    ``start`` holds prompt token ids (starting with BOS); None starts from BOS alone.
+    """
+    if start is None:
+        start = torch.full((1, 1), text_config.bos_token_id, device=encoder_states.device)
+    encoder_mask = torch.ones(encoder_states.shape[:-1], dtype=torch.long,
+                              device=encoder_states.device)
+    output = decoder.generate(
+        input_ids=start, eos_token_id=text_config.sep_token_id,
+        pad_token_id=text_config.pad_token_id, encoder_hidden_states=encoder_states,
+        encoder_attention_mask=encoder_mask, max_new_tokens=max_new_tokens, do_sample=False,
+        num_beams=1, output_scores=True, return_dict_in_generate=True)
+    step_log_probs = decoder.compute_transition_scores(
+        output.sequences, output.scores, normalize_logits=True)[0].float()
+    step_log_probs = step_log_probs[torch.isfinite(step_log_probs)]
+    probability = float(step_log_probs.sum().exp()) if step_log_probs.numel() else 0.0
+    text = tokenizer.decode(output.sequences[0], skip_special_tokens=True).strip()
+    return text, probability
