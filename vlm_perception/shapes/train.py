@@ -52,7 +52,7 @@ QUESTIONS_PER_IMAGE = 4
 CAPTION_LENGTH = 24
 QUESTION_LENGTH = 16
 DEFAULT_THRESHOLD = 0.3
-MAX_FALSE_RATE = 0.03  # calibration target: false detections per absent name query
+MAX_FALSE_RATE = 0.05  # calibration target: false detections per absent name query
 VALIDATION_SEED = 7_000_000  # held-out scenes for the in-training metrics (eval uses others)
 
 
@@ -72,7 +72,7 @@ class Sizes:
 
 
 SMOKE_SIZES = Sizes(clip_image=32, image=48, patch=16, vision_width=32, vision_layers=1,
-                    vision_heads=2, text_width=32, text_layers=1, text_heads=2)
+                    vision_heads=2, text_width=24, text_layers=1, text_heads=2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,11 +85,11 @@ class StageSettings:
     steps: int
 
 
-DEFAULT_SETTINGS = {
-    'classifier': StageSettings(batch=256, lr=1e-3, minutes=1.4, steps=100_000),
-    'detector': StageSettings(batch=96, lr=4e-4, minutes=3.2, steps=100_000),
-    'vqa': StageSettings(batch=64, lr=4e-4, minutes=1.8, steps=100_000),
-    'captioner': StageSettings(batch=96, lr=5e-4, minutes=1.4, steps=100_000),
+DEFAULT_SETTINGS = {  # sized for one H100 (about 7 minutes in all)
+    'classifier': StageSettings(batch=256, lr=1e-3, minutes=0.9, steps=100_000),
+    'detector': StageSettings(batch=96, lr=4e-4, minutes=3.1, steps=100_000),
+    'vqa': StageSettings(batch=64, lr=4e-4, minutes=1.7, steps=100_000),
+    'captioner': StageSettings(batch=96, lr=5e-4, minutes=1.2, steps=100_000),
 }
 SMOKE_SETTINGS = {stage: StageSettings(batch=4, lr=1e-3, minutes=1.0, steps=3)
                   for stage in STAGES}
@@ -304,15 +304,17 @@ def owlvit_config(sizes: Sizes, tokenizer: Any) -> Any:
 
 
 def blip_config(sizes: Sizes, tokenizer: Any) -> Any:
-    """Return the BLIP config (VQA, captioning): the detector's vision tower, a small text."""
+    """Return the BLIP config (VQA, captioning): the detector's vision tower, a small BERT."""
     from transformers import BlipConfig
 
     return BlipConfig(
-        text_config={'vocab_size': len(tokenizer), 'hidden_size': sizes.text_width,
+        # The VQA decoder cross-attends to the question encoder with the same config as the
+        # encoder's cross-attention to the image, so text width = vision width.
+        text_config={'vocab_size': len(tokenizer), 'hidden_size': sizes.vision_width,
                      'encoder_hidden_size': sizes.vision_width,
-                     'intermediate_size': 4 * sizes.text_width,
+                     'intermediate_size': 4 * sizes.vision_width,
                      'num_hidden_layers': sizes.text_layers,
-                     'num_attention_heads': sizes.text_heads,
+                     'num_attention_heads': sizes.vision_heads,
                      'max_position_embeddings': 2 * QUESTION_LENGTH,
                      'pad_token_id': tokenizer.pad_token_id,
                      'bos_token_id': tokenizer.convert_tokens_to_ids(DEC),
@@ -385,23 +387,46 @@ def clip_to_owlvit(clip: nn.Module, owl: nn.Module) -> None:
 
 
 @torch.no_grad()
-def owlvit_to_blip_vision(owl_vision: nn.Module, blip_vision: nn.Module) -> None:
-    """Load an OWL-ViT vision tower into a BLIP vision model (BLIP has no pre-layernorm)."""
-    embeddings = blip_vision.embeddings
-    embeddings.class_embedding.copy_(owl_vision.embeddings.class_embedding.view(1, 1, -1))
-    embeddings.patch_embedding.weight.copy_(owl_vision.embeddings.patch_embedding.weight)
-    nn.init.zeros_(embeddings.patch_embedding.bias)
-    embeddings.position_embedding.copy_(owl_vision.embeddings.position_embedding.weight[None])
-    for source, target in zip(owl_vision.encoder.layers, blip_vision.encoder.layers,
-                              strict=True):
-        attention = source.self_attn
-        target.self_attn.qkv.weight.copy_(torch.cat(
+def owlvit_to_blip_vision(owl_vision: nn.Module, blip_vision: nn.Module,
+                          pixels: torch.Tensor) -> None:
+    """
+    Load an OWL-ViT vision tower into a BLIP vision model.
+
+    BLIP has no pre-layernorm, so it is folded into the embeddings: exactly for the class token
+    (the same in every image); for patches the centring folds exactly and the division by each
+    token's spread becomes a division by the mean spread measured on ``pixels`` (real inputs).
+    """
+    source, norm = owl_vision.embeddings, owl_vision.pre_layernorm
+    patches = source(pixels)[:, 1:]  # (B, patches, D): patch embeddings before the norm
+    centred = patches - patches.mean(-1, keepdim=True)
+    spread = centred.pow(2).mean(-1).add(norm.eps).sqrt().mean()
+    gain = norm.weight / spread
+    shift = norm.bias
+
+    def fold(vectors: torch.Tensor) -> torch.Tensor:  # (..., D): centre, then scale
+        return (vectors - vectors.mean(-1, keepdim=True)) * gain
+
+    width = source.patch_embedding.weight.shape[0]
+    kernel = source.patch_embedding.weight.reshape(width, -1)  # (D, 3 * p * p)
+    kernel = (kernel - kernel.mean(0, keepdim=True)) * gain[:, None]
+    target = blip_vision.embeddings
+    target.patch_embedding.weight.copy_(kernel.reshape_as(target.patch_embedding.weight))
+    target.patch_embedding.bias.copy_(shift)
+    positions = fold(source.position_embedding.weight)
+    target.position_embedding.copy_(positions[None])
+    # The class token is the same for every image, so its norm is folded exactly.
+    class_token = norm(source.class_embedding + source.position_embedding.weight[0])
+    target.class_embedding.copy_((class_token - positions[0]).view(1, 1, -1))
+    for layer, blip_layer in zip(owl_vision.encoder.layers, blip_vision.encoder.layers,
+                                 strict=True):
+        attention = layer.self_attn
+        blip_layer.self_attn.qkv.weight.copy_(torch.cat(
             [attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]))
-        target.self_attn.qkv.bias.copy_(torch.cat(
+        blip_layer.self_attn.qkv.bias.copy_(torch.cat(
             [attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias]))
-        target.self_attn.projection.load_state_dict(attention.out_proj.state_dict())
+        blip_layer.self_attn.projection.load_state_dict(attention.out_proj.state_dict())
         for name in ('layer_norm1', 'layer_norm2', 'mlp'):
-            getattr(target, name).load_state_dict(getattr(source, name).state_dict())
+            getattr(blip_layer, name).load_state_dict(getattr(layer, name).state_dict())
     blip_vision.post_layernorm.load_state_dict(owl_vision.post_layernorm.state_dict())
 
 
@@ -819,7 +844,9 @@ def run_vqa(ctx: RunContext, tokenizer: Any, owl: nn.Module) -> nn.Module:
         return BlipForQuestionAnswering.from_pretrained(str(folder)).to(ctx.device).eval()
     torch.manual_seed(ctx.seed + 2)
     model = BlipForQuestionAnswering(blip_config(ctx.sizes, tokenizer))
-    owlvit_to_blip_vision(owl.owlvit.vision_model.to('cpu').float(), model.vision_model)
+    sample = next(iter(SceneBatches('detector', 32, ctx.sizes, ctx.seed + 99)))['images']
+    owlvit_to_blip_vision(owl.owlvit.vision_model.to('cpu').float(), model.vision_model,
+                          to_pixels(sample, torch.device('cpu')))
     model.generation_config.max_length = 4
     model.to(ctx.device)
     dec = tokenizer.convert_tokens_to_ids(DEC)
