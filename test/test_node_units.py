@@ -10,7 +10,7 @@ import yaml
 from vlm_perception.core.errors import InputError
 from vlm_perception.core.types import Detection
 from vlm_perception.ros import parameters
-from vlm_perception.ros.diagnostics import ERROR, OK, PerceptionStats, RateMeter, WARN
+from vlm_perception.ros.diagnostics import ERROR, OK, PerceptionStats, RateMeter, Throttle, WARN
 from vlm_perception.ros.drift import DriftingScene
 from vlm_perception.ros.stream import (check_image_size, image_age, LatestSlot, Periodic,
                                        RateLimiter, SourceFrame, too_old)
@@ -136,6 +136,15 @@ def test_stats_report_levels_and_values() -> None:
     assert stats.report().values['rejected: image'] == '1'
     stats.model_state = 'failed: no weights'
     assert stats.report().level == ERROR
+
+
+def test_throttle_is_per_key() -> None:
+    clock = FakeClock()
+    throttle = Throttle(5.0, clock)
+    assert throttle.allow('image') and throttle.allow('question')
+    assert not throttle.allow('image')
+    clock.now += 5.0
+    assert throttle.allow('image')
 
 
 def test_parameter_checks() -> None:

@@ -33,6 +33,25 @@ class RateMeter:
             self._times.popleft()
 
 
+class Throttle:
+    """Allow one event per key every period seconds (per-cause throttled warnings)."""
+
+    def __init__(self, period: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period = period
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        """Whether an event of key may pass now (and if so, start its period)."""
+        with self._lock:
+            now = self._clock()
+            if now - self._last.get(key, -float('inf')) < self.period:
+                return False
+            self._last[key] = now
+            return True
+
+
 @dataclass
 class Latency:
     """Latency of one capability: last value and exponential mean, seconds."""

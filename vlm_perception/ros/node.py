@@ -66,7 +66,7 @@ from vlm_perception.core.errors import InputError, ModelLoadError
 from vlm_perception.core.summary import summarize
 from vlm_perception.core.types import SceneDescription
 from vlm_perception.ros import conversions, parameters
-from vlm_perception.ros.diagnostics import PerceptionStats
+from vlm_perception.ros.diagnostics import PerceptionStats, Throttle
 from vlm_perception.ros.stream import (image_age, LatestSlot, Periodic, RateLimiter, SourceFrame,
                                        too_old)
 from vlm_perception.ros.visualization import annotate
@@ -110,6 +110,7 @@ class PerceptionNode(Node):
                     raise InputError(f'parameter {reason}')
 
         self.stats = PerceptionStats()
+        self._warnings = Throttle(THROTTLE_S)
         self._added_latency = float(os.environ.get(ADDED_LATENCY_ENV, '0') or 0)
         self._stopping = threading.Event()
         self._slot: LatestSlot[SourceFrame] = LatestSlot()
@@ -208,7 +209,8 @@ class PerceptionNode(Node):
 
     def _reject(self, what: str, error: object) -> None:
         self.stats.record_rejected(what)
-        self.get_logger().warning(f'rejected {what}: {error}', throttle_duration_sec=THROTTLE_S)
+        if self._warnings.allow(what):  # throttled per cause, so that one cannot hide another
+            self.get_logger().warning(f'rejected {what}: {error}')
 
     def _timed(self, capability: str, call: Callable[..., Any], *args: Any,
                **kwargs: Any) -> Any:
@@ -371,10 +373,16 @@ class PerceptionNode(Node):
     def _on_set_labels(self, request: srv.SetLabels.Request,
                        response: srv.SetLabels.Response) -> srv.SetLabels.Response:
         with self._guarded('set_labels'):
-            result = self.set_parameters([Parameter('labels', Parameter.Type.STRING_ARRAY,
-                                                    list(request.labels))])[0]
-            response.success = result.successful
-            response.message = result.reason or f'{len(self._engine.labels)} labels'
+            try:
+                labels = clean_labels(request.labels)
+            except InputError as error:
+                self._reject('labels', error)
+                response.success, response.message = False, str(error)
+            else:  # through the parameter, so that it always shows the vocabulary in force
+                result = self.set_parameters([Parameter('labels', Parameter.Type.STRING_ARRAY,
+                                                        labels)])[0]
+                response.success = result.successful
+                response.message = result.reason or f'{len(labels)} labels'
         response.labels = list(self._engine.labels)
         return response
 

@@ -1,0 +1,90 @@
+"""Helpers of the node graph tests: run a node in its own process and talk to it with rclpy."""
+
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+STOP_TIMEOUT_S = 20.0
+
+
+class NodeProcess:
+    """A ROS node started as `python -m module --ros-args ...`, its output kept in a file."""
+
+    def __init__(self, module: str, ros_args: list[str],
+                 env: Optional[dict[str, str]] = None) -> None:
+        self.log = Path(tempfile.mkstemp(prefix='vlm_perception_node_', suffix='.log')[1])
+        with self.log.open('w') as log:
+            self.process = subprocess.Popen(
+                [sys.executable, '-m', module, '--ros-args', *ros_args], stdout=log,
+                stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        return self.log.read_text()
+
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self.process.poll() is None
+
+    def stop(self) -> tuple[int, str]:
+        """Stop with SIGINT (as Ctrl-C); return the exit status and the output."""
+        if self.alive():
+            self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        return self.process.returncode, self.output()
+
+
+def spin_until(node: Node, done: Callable[[], Any], timeout: float = 20.0) -> bool:
+    """Spin node until done() is true; return whether it became true in time."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        rclpy.spin_once(node, timeout_sec=0.05)
+    return True
+
+
+def call(node: Node, client: Any, request: Any, timeout: float = 30.0) -> Any:
+    """Call a service and return its response (fails the test on timeout)."""
+    assert client.wait_for_service(timeout_sec=timeout), f'{client.srv_name} not available'
+    future = client.call_async(request)
+    rclpy.spin_until_future_complete(node, future, timeout_sec=timeout)
+    assert future.done(), f'no response from {client.srv_name} in {timeout} s'
+    return future.result()
+
+
+def frame(sec: int, frame_id: str = 'test_camera', width: int = 96,
+          height: int = 64) -> Image:
+    """Return an rgb8 test image stamped sec seconds (plus 42 ns)."""
+    pixels = np.random.default_rng(sec).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    header = Header(frame_id=frame_id)
+    header.stamp.sec, header.stamp.nanosec = sec, 42
+    return Image(header=header, height=height, width=width, encoding='rgb8', step=width * 3,
+                 data=pixels.tobytes())
+
+
+def image_publisher(node: Node, topic: str = 'image', message_type: Any = Image) -> Any:
+    """Return a reliable depth-1 publisher (matches best-effort and reliable subscribers)."""
+    return node.create_publisher(message_type, topic, QoSProfile(depth=1))
+
+
+def diagnostics_values(message: Any) -> dict[str, str]:
+    """Key values of the perception status in a DiagnosticArray."""
+    return {kv.key: kv.value for status in message.status if status.name.endswith('perception')
+            for kv in status.values}

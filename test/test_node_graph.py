@@ -1,0 +1,278 @@
+"""perception_node in its own process, on the tiny models, driven through real rclpy."""
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.ros
+
+rclpy = pytest.importorskip('rclpy')
+pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make build)')
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from node_harness import (call, diagnostics_values, frame, image_publisher,  # noqa: E402
+                          NodeProcess, spin_until)
+from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
+from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from visualization_msgs.msg import MarkerArray  # noqa: E402
+
+from vlm_perception import msg, srv  # noqa: E402
+
+NODE = '/vlm_perception'
+
+
+@pytest.fixture(scope='module')
+def perception(tiny_preset):
+    """Start perception_node on the tiny preset; stop it with SIGINT and check a clean exit."""
+    node = NodeProcess('vlm_perception.ros.node', [
+        '-p', f'preset:={tiny_preset}', '-p', 'scene_period:=0.0', '-p', 'warmup:=false'])
+    yield node
+    status, output = node.stop()
+    assert status == 0, output
+    assert 'Traceback' not in output, output
+
+
+@pytest.fixture(scope='module')
+def ros(perception):
+    """Return this test's node, once the perception node serves its query service."""
+    rclpy.init()
+    node = rclpy.create_node('node_graph_test')
+    client = node.create_client(srv.QueryScene, 'query')
+    if not client.wait_for_service(timeout_sec=90.0):
+        pytest.fail(f'perception node not up:\n{perception.output()}')
+    node.destroy_client(client)
+    yield node
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+class Collector:
+    """Keep every message of a topic."""
+
+    def __init__(self, node, message_type, topic: str) -> None:
+        self.messages = []
+        self.subscription = node.create_subscription(message_type, topic,
+                                                     self.messages.append, 10)
+
+
+def publish_until(node, publisher, done, first_sec: int, timeout: float = 20.0,
+                  make=frame) -> int:
+    """Publish frames (stamp first_sec, first_sec + 1, ...) until done(); return the last sec."""
+    sec = first_sec
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        publisher.publish(make(sec))
+        spin_until(node, done, timeout=0.2)
+        sec += 1
+    assert done(), 'condition not met while publishing frames'
+    return sec - 1
+
+
+def query(node, **fields) -> srv.QueryScene.Response:
+    """Call the query service."""
+    return call(node, node.create_client(srv.QueryScene, 'query'),
+                srv.QueryScene.Request(**fields))
+
+
+def make_latest(node, first_sec: int) -> None:
+    """Publish frames from first_sec on until a query is about one of them."""
+    def latest_is_new() -> bool:
+        response = query(node)
+        return response.success and response.scene.header.stamp.sec >= first_sec
+
+    publish_until(node, image_publisher(node), latest_is_new, first_sec)
+
+
+def set_parameter(node, name: str, value) -> bool:
+    """Set one parameter of the perception node; return whether it was accepted."""
+    kinds = {float: ('double_value', ParameterType.PARAMETER_DOUBLE),
+             str: ('string_value', ParameterType.PARAMETER_STRING),
+             list: ('string_array_value', ParameterType.PARAMETER_STRING_ARRAY)}
+    field, kind = kinds[type(value)]
+    parameter = ParameterMsg(name=name, value=ParameterValue(type=kind, **{field: value}))
+    response = call(node, node.create_client(SetParameters, f'{NODE}/set_parameters'),
+                    SetParameters.Request(parameters=[parameter]))
+    return response.results[0].successful
+
+
+def get_parameter(node, name: str):
+    """Return the value of one parameter of the perception node."""
+    response = call(node, node.create_client(GetParameters, f'{NODE}/get_parameters'),
+                    GetParameters.Request(names=[name]))
+    value = response.values[0]
+    return {ParameterType.PARAMETER_DOUBLE: value.double_value,
+            ParameterType.PARAMETER_STRING: value.string_value,
+            ParameterType.PARAMETER_STRING_ARRAY: list(value.string_array_value)}[value.type]
+
+
+def test_every_contract_topic_and_service_exists_with_its_type(ros) -> None:
+    publishers = {
+        '/detections': 'vlm_perception/msg/DetectionArray',
+        '/scene': 'vlm_perception/msg/SceneDescription',
+        '/scene_text': 'std_msgs/msg/String',
+        '/answers': 'vlm_perception/msg/Answer',
+        '/image_annotated': 'sensor_msgs/msg/Image',
+        '/markers': 'visualization_msgs/msg/MarkerArray',
+        '/diagnostics': 'diagnostic_msgs/msg/DiagnosticArray',
+    }
+    subscriptions = {'/image': 'sensor_msgs/msg/Image',
+                     '/questions': 'vlm_perception/msg/Question'}
+    services = {'/query': 'vlm_perception/srv/QueryScene',
+                '/set_labels': 'vlm_perception/srv/SetLabels'}
+
+    def graph(kind):
+        if 'vlm_perception' not in ros.get_node_names():  # else the queries below raise
+            return {}
+        names = getattr(ros, f'get_{kind}_names_and_types_by_node')('vlm_perception', '/')
+        return {name: types[0] for name, types in names}
+
+    assert spin_until(ros, lambda: publishers.items() <= graph('publisher').items()
+                      and subscriptions.items() <= graph('subscriber').items()
+                      and services.items() <= graph('service').items(), timeout=20.0), (
+        graph('publisher'), graph('subscriber'), graph('service'))
+
+
+def test_outputs_carry_the_source_stamp_and_frame_id(ros) -> None:
+    collectors = {
+        'detections': Collector(ros, msg.DetectionArray, 'detections'),
+        'scene': Collector(ros, msg.SceneDescription, 'scene'),
+        'image_annotated': Collector(ros, Image, 'image_annotated'),
+        'markers': Collector(ros, MarkerArray, 'markers'),
+    }
+    text = Collector(ros, String, 'scene_text')
+    publisher = image_publisher(ros)
+
+    def headers():
+        for topic, collector in collectors.items():
+            for message in collector.messages:
+                yield topic, (message.markers[0].header if topic == 'markers'
+                              else message.header)
+
+    def all_seen():
+        return text.messages and {topic for topic, _ in headers()} == set(collectors)
+
+    publish_until(ros, publisher, all_seen, first_sec=1000)
+    for topic, header in headers():
+        assert header.frame_id == 'test_camera', topic
+        assert 1000 <= header.stamp.sec < 1100 and header.stamp.nanosec == 42, topic
+    annotated = collectors['image_annotated'].messages[0]
+    assert (annotated.width, annotated.height, annotated.encoding) == (96, 64, 'rgb8')
+    assert text.messages[0].data
+
+
+def test_query_question_labels_caption(ros) -> None:
+    make_latest(ros, 2000)
+    response = query(ros, question='what colour is the cup?')
+    assert response.success, response.message
+    assert response.answer and 0.0 <= response.confidence <= 1.0
+    assert response.scene.header.frame_id == 'test_camera'
+    assert 2000 <= response.scene.header.stamp.sec < 2100
+    assert not response.scene.caption  # caption not asked for
+
+    labels = ['red circle', 'blue square']
+    response = query(ros, labels=labels, caption=True)
+    assert response.success, response.message
+    assert response.scene.caption
+    assert response.scene.detections  # the tiny preset's threshold is 0
+    assert {d.label for d in response.scene.detections} <= set(labels)
+    assert response.scene.summary
+
+
+def test_query_rejects_a_frame_older_than_max_age(ros) -> None:
+    make_latest(ros, 3000)
+    response = query(ros, max_age=5.0)  # the frames are stamped in 1970
+    assert not response.success
+    assert 'old' in response.message
+
+
+def test_set_labels_acknowledges_the_vocabulary_and_sets_the_parameter(ros) -> None:
+    client = ros.create_client(srv.SetLabels, 'set_labels')
+    response = call(ros, client, srv.SetLabels.Request(labels=['red circle', ' blue square ']))
+    assert response.success, response.message
+    assert list(response.labels) == ['red circle', 'blue square']
+    assert get_parameter(ros, 'labels') == ['red circle', 'blue square']
+
+    response = call(ros, client, srv.SetLabels.Request(labels=[]))
+    assert not response.success and 'empty' in response.message
+    assert list(response.labels) == ['red circle', 'blue square']
+
+    assert set_parameter(ros, 'labels', ['cup', 'dog'])  # as a parameter: same effect
+    response = call(ros, client, srv.SetLabels.Request(labels=['cup', 'dog', 'chair']))
+    assert list(response.labels) == ['cup', 'dog', 'chair']
+
+
+def test_question_topic_answers_with_the_same_id(ros) -> None:
+    answers = Collector(ros, msg.Answer, 'answers')
+    questions = ros.create_publisher(msg.Question, 'questions', 10)
+    assert spin_until(ros, lambda: questions.get_subscription_count() > 0)
+    make_latest(ros, 4000)
+    questions.publish(msg.Question(id='q-17', question='how many cups are there?'))
+    questions.publish(msg.Question(id='q-empty', question='   '))
+    assert spin_until(ros, lambda: {'q-17', 'q-empty'} <= {a.id for a in answers.messages})
+    by_id = {answer.id: answer for answer in answers.messages}
+    assert by_id['q-17'].success and by_id['q-17'].answer
+    assert by_id['q-17'].header.frame_id == 'test_camera'
+    assert by_id['q-17'].question == 'how many cups are there?'
+    assert not by_id['q-empty'].success and 'empty' in by_id['q-empty'].error
+
+
+def test_bad_parameter_values_are_rejected_and_the_old_value_stays(ros) -> None:
+    assert not set_parameter(ros, 'max_rate', -1.0)
+    assert get_parameter(ros, 'max_rate') == 0.0
+    assert not set_parameter(ros, 'detection_threshold', 2.0)
+    assert not set_parameter(ros, 'image_reliability', 'sometimes')
+    assert not set_parameter(ros, 'capabilities', ['detect', 'segment'])
+    assert get_parameter(ros, 'capabilities') == ['detect', 'tags', 'vqa', 'caption']
+    assert not set_parameter(ros, 'preset', 'default')  # read-only: models stay loaded
+    assert not set_parameter(ros, 'labels', ['x' * 1000])
+    assert set_parameter(ros, 'scene_period', 0.5)
+    assert get_parameter(ros, 'scene_period') == 0.5
+    assert set_parameter(ros, 'scene_period', 0.0)
+
+
+def bad_images():
+    """Malformed sensor_msgs/Image variants, each with why it is bad."""
+    def broken(**change):
+        image = frame(5000)
+        for name, value in change.items():
+            setattr(image, name, value)
+        return image
+
+    return {
+        'wrong step': broken(step=5),
+        'data shorter than the size': broken(height=640),
+        'unknown encoding': broken(encoding='yuv_nonsense'),
+        'empty': broken(height=0, width=0, step=0, data=b''),
+        'huge': broken(height=20000, width=20000, step=60000),
+    }
+
+
+def test_malformed_input_is_rejected_and_the_node_keeps_serving(ros, perception) -> None:
+    diagnostics = Collector(ros, DiagnosticArray, '/diagnostics')
+    publisher = image_publisher(ros)
+    assert spin_until(ros, lambda: publisher.get_subscription_count() > 0)
+    for image in bad_images().values():
+        publisher.publish(image)
+        spin_until(ros, lambda: False, timeout=0.3)  # depth 1: let each one arrive
+    questions = ros.create_publisher(msg.Question, 'questions', 10)
+    questions.publish(msg.Question(id='long', question='why ' * 400))
+    labels = ros.create_client(srv.SetLabels, 'set_labels')
+    for bad in ([], ['x' * 600], [f'label {i}' for i in range(300)]):
+        assert not call(ros, labels, srv.SetLabels.Request(labels=bad)).success
+    assert not query(ros, question='why ' * 400).success
+    assert not query(ros, labels=['']).success
+
+    def rejected(cause: str) -> int:
+        values = diagnostics_values(diagnostics.messages[-1]) if diagnostics.messages else {}
+        return int(values.get(f'rejected: {cause}', 0))
+
+    assert spin_until(ros, lambda: rejected('image') >= 3 and rejected('question') >= 1
+                      and rejected('query') >= 2, timeout=10.0), (
+        diagnostics_values(diagnostics.messages[-1]))
+    assert perception.alive()
+    make_latest(ros, 6000)
+    assert query(ros, question='what is this?').success
+    assert 'rejected image' in perception.output()
