@@ -1,5 +1,7 @@
 """Box geometry: network boxes to source pixels, by formula and end to end through the engine."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -33,12 +35,17 @@ def test_boxes_are_clipped_to_the_image() -> None:
 
 
 def _known_boxes(count: int, extent: float) -> torch.Tensor:
-    """Distinct boxes (cx, cy, w, h fractions) inside the square [0, extent]², away from edges."""
+    """
+    Return boxes (cx, cy, w, h fractions) on a grid inside the square [0, extent]².
+
+    They are apart (so none is a duplicate of another) and have distinct centre x values.
+    """
     index = torch.arange(count, dtype=torch.float32)
-    return extent * torch.stack([0.1 + 0.35 * index / (count - 1),
-                                 0.1 + 0.3 * ((index * 7) % count) / (count - 1),
-                                 0.05 + 0.01 * (index % 5),
-                                 0.04 + 0.01 * (index % 3)], dim=1)
+    side = math.isqrt(count)
+    row, column = index // side, index % side
+    grid = [0.1 + 0.4 * column / side + 0.01 * row, 0.1 + 0.4 * row / side,
+            0.03 + 0.005 * (index % 3), 0.03 + 0.005 * (index % 2)]
+    return extent * torch.stack(grid, dim=1)
 
 
 @pytest.mark.parametrize('height, width', SIZES)
@@ -63,3 +70,18 @@ def test_known_network_boxes_become_known_pixel_boxes(tiny_models: dict, model_k
     got = sorted((d.center_x, d.center_y, d.size_x, d.size_y) for d in detections)
     assert len(got) == len(expected)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
+
+
+def test_overlapping_boxes_of_one_label_are_reported_once(tiny_models: dict) -> None:
+    engine = PerceptionEngine(EngineConfig(detector_model=str(tiny_models['detector']),
+                                           labels=['cup'], detection_threshold=0.0, device='cpu'))
+    model = engine.backend('detect').model
+    with torch.no_grad():  # every patch predicts the same box
+        model.box_head.dense2.weight.zero_()
+        model.box_head.dense2.bias.zero_()
+        model.box_bias.copy_(torch.logit(torch.tensor([0.5, 0.5, 0.2, 0.2])).expand_as(
+            model.box_bias))
+    image = np.zeros((40, 60, 3), np.uint8)
+    [single] = engine.detect(image)
+    assert (single.center_x, single.center_y) == pytest.approx((30.0, 20.0))
+    assert len(engine.detect(image, labels=['cup', 'dog'])) <= 2

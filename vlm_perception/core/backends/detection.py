@@ -4,9 +4,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torchvision.ops import batched_nms
 
 from vlm_perception.core.backends.base import HFBackend
 from vlm_perception.core.geometry import boxes_to_pixels, PAD, STRETCH
+
+# OWL predicts a box per patch, so one object is often found by neighbouring patches too: a box
+# overlapping a better-scored box of the same label by more than this IoU is dropped.
+DUPLICATE_IOU = 0.5
 
 
 @dataclass
@@ -56,20 +61,25 @@ class OwlViTDetector(HFBackend):
 
     def detect(self, encoding: DetectionImageEncoding, queries: torch.Tensor,
                threshold: float) -> list[RawDetection]:
-        """Score every patch against the (Q, D) queries; keep each patch's best query."""
+        """
+        Score every patch against the (Q, D) queries; keep each patch's best query.
+
+        Returns detections at or above the threshold, best first, without duplicates.
+        """
         logits, _ = self.model.class_predictor(encoding.image_features, queries[None])
         probabilities = torch.sigmoid(logits[0].float())  # (patches, Q)
         scores, query_index = probabilities.max(dim=-1)
         keep = torch.isfinite(scores) & (scores >= threshold)
         if not bool(keep.any()):
             return []
-        boxes = boxes_to_pixels(encoding.boxes[0][keep].float().cpu().numpy(), encoding.height,
-                                encoding.width, self.fit)
-        kept_scores = scores[keep].cpu().tolist()
-        kept_queries = query_index[keep].cpu().tolist()
-        found = [RawDetection(query, score, tuple(float(v) for v in box))
-                 for query, score, box in zip(kept_queries, kept_scores, boxes)]
-        return sorted(found, key=lambda detection: -detection.score)
+        boxes = torch.from_numpy(boxes_to_pixels(
+            encoding.boxes[0][keep].float().cpu().numpy(), encoding.height, encoding.width,
+            self.fit))  # (N, 4): cx, cy, w, h in pixels
+        kept_scores, kept_queries = scores[keep].cpu().double(), query_index[keep].cpu()
+        corners = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1)
+        best_first = batched_nms(corners, kept_scores, kept_queries, DUPLICATE_IOU).tolist()
+        return [RawDetection(int(kept_queries[i]), float(kept_scores[i]),
+                             tuple(float(v) for v in boxes[i])) for i in best_first]
 
 
 class Owlv2Detector(OwlViTDetector):
