@@ -1,0 +1,158 @@
+"""
+The stream of perception_node: never behind the camera, compressed input, stale frames.
+
+The node runs with VLM_PERCEPTION_ADDED_LATENCY (an honest sleep per processed frame, as on a
+slow device) so that frames arrive faster than inference; it subscribes compressed images on a
+remapped topic.
+"""
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.ros
+
+rclpy = pytest.importorskip('rclpy')
+pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make build)')
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from node_harness import (call, diagnostics_values, image_publisher, NodeProcess,  # noqa: E402
+                          spin_until)
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from sensor_msgs.msg import CompressedImage  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from vlm_perception import msg  # noqa: E402
+
+ADDED_LATENCY_S = 0.3
+TOPIC = '/camera/image_raw/compressed'
+
+
+@pytest.fixture(scope='module')
+def perception(tiny_preset):
+    """Start a slowed perception_node taking compressed images from camera/image_raw."""
+    node = NodeProcess('vlm_perception.ros.node', [
+        '-p', f'preset:={tiny_preset}', '-p', 'compressed:=true', '-p', 'warmup:=false',
+        '-p', 'capabilities:=[detect]', '-r', 'image:=camera/image_raw'],
+        env={'VLM_PERCEPTION_ADDED_LATENCY': str(ADDED_LATENCY_S)})
+    yield node
+    status, output = node.stop()
+    assert status == 0, output
+    assert 'Traceback' not in output, output
+
+
+@pytest.fixture(scope='module')
+def ros(perception):
+    """Return this test's node with a publisher matched to the node's compressed subscription."""
+    rclpy.init()
+    node = rclpy.create_node('node_stream_test')
+    publisher = image_publisher(node, TOPIC, CompressedImage)
+    if not spin_until(node, lambda: publisher.get_subscription_count() > 0, timeout=90.0):
+        pytest.fail(f'perception node not up:\n{perception.output()}')
+    node.publisher = publisher
+    yield node
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+def compressed(stamp, seed: int = 0) -> CompressedImage:
+    """Return a JPEG image stamped stamp."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    ok, data = cv2.imencode('.jpg', pixels)
+    assert ok
+    return CompressedImage(header=Header(stamp=stamp, frame_id='cam'), format='jpeg',
+                           data=data.tobytes())
+
+
+def set_parameter(node, name: str, value: float) -> bool:
+    """Set a double parameter of the perception node."""
+    parameter = Parameter(name=name, value=ParameterValue(
+        type=ParameterType.PARAMETER_DOUBLE, double_value=value))
+    response = call(node, node.create_client(SetParameters, '/vlm_perception/set_parameters'),
+                    SetParameters.Request(parameters=[parameter]))
+    return response.results[0].successful
+
+
+def test_subscribes_the_compressed_topic_of_the_remapped_image(ros) -> None:
+    def subscriptions():
+        if 'vlm_perception' not in ros.get_node_names():
+            return {}
+        return dict(ros.get_subscriber_names_and_types_by_node('vlm_perception', '/'))
+
+    assert spin_until(ros, lambda: TOPIC in subscriptions())
+    assert subscriptions()[TOPIC] == ['sensor_msgs/msg/CompressedImage']
+    assert '/image' not in subscriptions()
+
+
+def test_frames_faster_than_inference_are_dropped_and_ages_stay_bounded(ros) -> None:
+    received = []  # (age on arrival in seconds, stamp in ns)
+    diagnostics = []
+    ros.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
+
+    def on_detections(array: msg.DetectionArray) -> None:
+        stamp = array.header.stamp.sec * 10**9 + array.header.stamp.nanosec
+        received.append(((ros.get_clock().now().nanoseconds - stamp) / 1e9, stamp))
+
+    ros.create_subscription(msg.DetectionArray, 'detections', on_detections, 10)
+    published = 0
+    end = time.monotonic() + 4.0
+    while time.monotonic() < end:  # about 30 frames per second
+        ros.publisher.publish(compressed(ros.get_clock().now().to_msg(), seed=published))
+        published += 1
+        rclpy.spin_once(ros, timeout_sec=0.03)
+    spin_until(ros, lambda: False, timeout=2.0)
+
+    assert len(received) >= 3
+    assert len(received) < published / 3  # at most one in ADDED_LATENCY_S is processed
+    ages = [age for age, _ in received]
+    # A queue would make ages grow by about a second per second; newest-frame stays near the
+    # processing time (added latency + inference), whatever the backlog.
+    assert max(ages) < ADDED_LATENCY_S + 1.2, ages
+    stamps = [stamp for _, stamp in received]
+    assert stamps == sorted(stamps)
+    assert spin_until(ros, lambda: diagnostics and int(diagnostics_values(diagnostics[-1]).get(
+        'dropped: superseded', 0)) > 0, timeout=3.0)
+
+
+def test_undecodable_compressed_data_is_rejected(ros, perception) -> None:
+    diagnostics = []
+    ros.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
+    for data in (b'not a jpeg at all', b''):
+        ros.publisher.publish(CompressedImage(format='jpeg', data=data))
+        spin_until(ros, lambda: False, timeout=0.3)
+
+    def rejected() -> int:
+        values = diagnostics_values(diagnostics[-1]) if diagnostics else {}
+        return int(values.get('rejected: compressed image', 0))
+
+    assert spin_until(ros, lambda: rejected() >= 1, timeout=5.0)
+    assert perception.alive()
+    received = []
+    ros.create_subscription(msg.DetectionArray, 'detections', received.append, 10)
+    ros.publisher.publish(compressed(ros.get_clock().now().to_msg()))
+    assert spin_until(ros, lambda: received, timeout=10.0)
+
+
+def test_frames_older_than_max_image_age_are_skipped(ros) -> None:
+    diagnostics, received = [], []
+    ros.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
+    ros.create_subscription(msg.DetectionArray, 'detections', received.append, 10)
+    assert set_parameter(ros, 'max_image_age', 0.5)
+    try:
+        old = ros.get_clock().now().to_msg()
+        old.sec -= 60
+        for _ in range(5):
+            ros.publisher.publish(compressed(old))
+            spin_until(ros, lambda: False, timeout=0.4)
+
+        def stale() -> int:
+            values = diagnostics_values(diagnostics[-1]) if diagnostics else {}
+            return int(values.get('dropped: stale', 0))
+
+        assert spin_until(ros, lambda: stale() >= 1, timeout=5.0)
+        assert not [a for a in received if a.header.stamp.sec == old.sec]
+    finally:
+        assert set_parameter(ros, 'max_image_age', 0.0)
