@@ -19,16 +19,14 @@ from std_msgs.msg import Header
 STOP_TIMEOUT_S = 20.0
 
 
-class NodeProcess:
-    """A ROS node started as `python -m module --ros-args ...`, its output kept in a file."""
+class ChildProcess:
+    """A process of the test (node, launch), its output kept in a file; env inherited."""
 
-    def __init__(self, module: str, ros_args: list[str],
-                 env: Optional[dict[str, str]] = None) -> None:
-        self.log = Path(tempfile.mkstemp(prefix='vlm_perception_node_', suffix='.log')[1])
+    def __init__(self, command: list[str], env: Optional[dict[str, str]] = None) -> None:
+        self.log = Path(tempfile.mkstemp(prefix='vlm_perception_test_', suffix='.log')[1])
         with self.log.open('w') as log:
-            self.process = subprocess.Popen(
-                [sys.executable, '-m', module, '--ros-args', *ros_args], stdout=log,
-                stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                            env={**os.environ, **(env or {})})
 
     def output(self) -> str:
         """Everything the process printed so far."""
@@ -48,6 +46,12 @@ class NodeProcess:
             self.process.kill()
             self.process.wait()
         return self.process.returncode, self.output()
+
+
+def ros_node(module: str, ros_args: list[str],
+             env: Optional[dict[str, str]] = None) -> ChildProcess:
+    """Start `python -m module --ros-args ros_args...`."""
+    return ChildProcess([sys.executable, '-m', module, '--ros-args', *ros_args], env)
 
 
 def spin_until(node: Node, done: Callable[[], Any], timeout: float = 20.0) -> bool:

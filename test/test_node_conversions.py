@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip('rclpy')
 pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make build)')
 
-from builtin_interfaces.msg import Time  # noqa: E402
+from builtin_interfaces.msg import Time  # noqa: E402,I100
 from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import Point  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402

@@ -9,9 +9,9 @@ pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make build)')
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402,I100
 from node_harness import (call, diagnostics_values, frame, image_publisher,  # noqa: E402
-                          NodeProcess, spin_until)
+                          ros_node, spin_until)
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
@@ -27,7 +27,7 @@ NODE = '/vlm_perception'
 @pytest.fixture(scope='module')
 def perception(tiny_preset):
     """Start perception_node on the tiny preset; stop it with SIGINT and check a clean exit."""
-    node = NodeProcess('vlm_perception.ros.node', [
+    node = ros_node('vlm_perception.ros.node', [
         '-p', f'preset:={tiny_preset}', '-p', 'scene_period:=0.0', '-p', 'warmup:=false'])
     yield node
     status, output = node.stop()

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make build)')
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from node_harness import (call, diagnostics_values, image_publisher, NodeProcess,  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402,I100
+from node_harness import (call, diagnostics_values, image_publisher, ros_node,  # noqa: E402
                           spin_until)
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
@@ -34,7 +34,7 @@ TOPIC = '/camera/image_raw/compressed'
 @pytest.fixture(scope='module')
 def perception(tiny_preset):
     """Start a slowed perception_node taking compressed images from camera/image_raw."""
-    node = NodeProcess('vlm_perception.ros.node', [
+    node = ros_node('vlm_perception.ros.node', [
         '-p', f'preset:={tiny_preset}', '-p', 'compressed:=true', '-p', 'warmup:=false',
         '-p', 'capabilities:=[detect]', '-r', 'image:=camera/image_raw'],
         env={'VLM_PERCEPTION_ADDED_LATENCY': str(ADDED_LATENCY_S)})

@@ -1,11 +1,10 @@
-"""The node's ROS-free parts: frame slot, rate limit, counters, parameter checks, drawing, drift."""
+"""The node's ROS-free parts: frame slot, rate limit, counters, parameters, drawing, drift."""
 
 from pathlib import Path
 import threading
 
 import numpy as np
 import pytest
-import yaml
 
 from vlm_perception.core.errors import InputError
 from vlm_perception.core.types import Detection
@@ -163,6 +162,8 @@ def test_parameter_checks() -> None:
 
 
 def test_params_yaml_lists_every_parameter_with_its_default() -> None:
+    import yaml
+
     listed = yaml.safe_load(PARAMS_YAML.read_text())['/**/vlm_perception']['ros__parameters']
     for spec in parameters.SPECS:
         if spec.default is None:
