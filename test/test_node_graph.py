@@ -135,6 +135,13 @@ def test_every_contract_topic_and_service_exists_with_its_type(ros) -> None:
         graph('publisher'), graph('subscriber'), graph('service'))
 
 
+def test_device_auto_without_cuda_warns_and_runs_on_the_cpu(ros, perception) -> None:
+    torch = pytest.importorskip('torch')
+    if torch.cuda.is_available():
+        pytest.skip('CUDA is available here')
+    assert 'running on the CPU' in perception.output()
+
+
 def test_outputs_carry_the_source_stamp_and_frame_id(ros) -> None:
     collectors = {
         'detections': Collector(ros, msg.DetectionArray, 'detections'),

@@ -25,6 +25,8 @@ from rclpy.node import Node
 from std_msgs.msg import String
 
 from vlm_perception import srv
+from vlm_perception.core.errors import InputError, ModelLoadError
+from vlm_perception.core.presets import get_preset
 from vlm_perception.ros.drift import DriftingScene
 from vlm_perception.shapes import world
 
@@ -140,6 +142,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--startup-timeout', type=float, default=120.0,
                         help='seconds to wait for the node to load its models')
     args = parser.parse_args(argv)
+    try:
+        get_preset(args.preset)
+    except (InputError, ModelLoadError) as error:
+        print(f'demo: {error}', file=sys.stderr)
+        return 1
 
     rclpy.init(args=[])
     children = Children()

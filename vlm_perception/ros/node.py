@@ -441,9 +441,12 @@ def main(args: Optional[list[str]] = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (ModelLoadError, InputError, ParameterException) as error:
-        logger = node.get_logger() if node is not None else rclpy.logging.get_logger(NODE_NAME)
-        logger.fatal(str(error))
+    except ModelLoadError as error:  # the message names the model and the fix
+        rclpy.logging.get_logger(NODE_NAME).fatal(str(error))
+        status = 1
+    except (InputError, ParameterException) as error:
+        rclpy.logging.get_logger(NODE_NAME).fatal(
+            f'{error} (fix the parameter; descriptions and defaults: config/params.yaml)')
         status = 1
     finally:
         if node is not None:

@@ -1,0 +1,40 @@
+"""perception_node refuses unusable models and parameters with one clear line, no traceback."""
+
+import pytest
+
+pytestmark = pytest.mark.ros
+
+rclpy = pytest.importorskip('rclpy')
+pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make build)')
+
+from node_harness import ros_node  # noqa: E402,I100
+
+
+def run_to_exit(ros_args: list[str]) -> tuple[int, str]:
+    """Run perception_node until it exits by itself; return status and output."""
+    node = ros_node('vlm_perception.ros.node', ros_args)
+    node.process.wait(timeout=120)
+    return node.stop()
+
+
+@pytest.mark.parametrize('override, message', [
+    ('detector_model:=/nonexistent/owlvit', "'/nonexistent/owlvit'"),
+    ('max_rate:=-3.0', 'max_rate'),
+    ('image_reliability:=sometimes', 'image_reliability'),
+])
+def test_unusable_settings_exit_with_one_fatal_line(tiny_preset, override: str,
+                                                     message: str) -> None:
+    status, output = run_to_exit(['-p', f'preset:={tiny_preset}', '-p', override,
+                                  '-p', 'capabilities:=[detect]'])
+    assert status == 1, output
+    fatal = [line for line in output.splitlines() if line.startswith('[FATAL]')]
+    assert len(fatal) == 1 and message in fatal[0], output
+    assert 'Traceback' not in output
+
+
+def test_cuda_asked_for_without_cuda_names_the_device(tiny_preset) -> None:
+    torch = pytest.importorskip('torch')
+    if torch.cuda.is_available():
+        pytest.skip('CUDA is available here')
+    status, output = run_to_exit(['-p', f'preset:={tiny_preset}', '-p', 'device:=cuda'])
+    assert status == 1 and "device 'cuda'" in output and 'Traceback' not in output, output
