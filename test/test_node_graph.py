@@ -139,6 +139,7 @@ def test_device_auto_without_cuda_warns_and_runs_on_the_cpu(ros, perception) -> 
     torch = pytest.importorskip('torch')
     if torch.cuda.is_available():
         pytest.skip('CUDA is available here')
+    assert spin_until(ros, lambda: 'ready on cpu' in perception.output(), timeout=60.0)
     assert 'running on the CPU' in perception.output()
 
 

@@ -22,8 +22,8 @@ def run_to_exit(ros_args: list[str]) -> tuple[int, str]:
     ('max_rate:=-3.0', 'max_rate'),
     ('image_reliability:=sometimes', 'image_reliability'),
 ])
-def test_unusable_settings_exit_with_one_fatal_line(tiny_preset, override: str,
-                                                     message: str) -> None:
+def test_unusable_settings_exit_with_one_fatal_line(
+        tiny_preset, override: str, message: str) -> None:
     status, output = run_to_exit(['-p', f'preset:={tiny_preset}', '-p', override,
                                   '-p', 'capabilities:=[detect]'])
     assert status == 1, output
