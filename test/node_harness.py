@@ -32,6 +32,15 @@ class ChildProcess:
         """Everything the process printed so far."""
         return self.log.read_text()
 
+    def wait_for_output(self, text: str, timeout: float = 120.0) -> bool:
+        """Wait until the process printed text; False if it exited or the time ran out."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if not self.alive() or time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
     def alive(self) -> bool:
         """Whether the process still runs."""
         return self.process.poll() is None

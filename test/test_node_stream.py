@@ -47,10 +47,12 @@ def perception(tiny_preset):
 @pytest.fixture(scope='module')
 def ros(perception):
     """Return this test's node with a publisher matched to the node's compressed subscription."""
+    if not perception.wait_for_output(']: ready on '):
+        pytest.fail(f'perception node not up:\n{perception.output()}')
     rclpy.init()
     node = rclpy.create_node('node_stream_test')
     publisher = image_publisher(node, TOPIC, CompressedImage)
-    if not spin_until(node, lambda: publisher.get_subscription_count() > 0, timeout=90.0):
+    if not spin_until(node, lambda: publisher.get_subscription_count() > 0, timeout=30.0):
         pytest.fail(f'perception node not up:\n{perception.output()}')
     node.publisher = publisher
     yield node
