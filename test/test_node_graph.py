@@ -1,5 +1,8 @@
 """perception_node in its own process, on the tiny models, driven through real rclpy."""
 
+import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -284,3 +287,48 @@ def test_malformed_input_is_rejected_and_the_node_keeps_serving(ros, perception)
     make_latest(ros, 6000)
     assert query(ros, question='what is this?').success
     assert 'rejected image' in perception.output()
+
+
+def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """Run `vlm-perception ARGS` (the ROS subcommands come from vlm_perception.ros.client)."""
+    return subprocess.run([sys.executable, '-m', 'vlm_perception.cli', *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_query_labels_and_ask_topic(ros) -> None:
+    make_latest(ros, 7000)
+    result = cli('query', 'what colour is the cup?', '--labels', 'cup,dog', '--caption', '--json')
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    assert reply['frame_id'] == 'test_camera' and reply['caption'] and reply['answer']['answer']
+    assert {d['label'] for d in reply['detections']} <= {'cup', 'dog'}
+
+    result = cli('query', '--max-age', '1')
+    assert result.returncode == 1 and 'old' in result.stderr
+
+    result = cli('labels', 'cup, person ,chair')
+    assert result.returncode == 0 and result.stdout.strip() == 'cup, person, chair'
+    assert cli('labels', ',').returncode == 1
+
+    result = cli('ask-topic', 'how many cups are there?', '--json')
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)['answer']
+
+    result = cli('query', '--namespace', 'elsewhere', '--timeout', '1')
+    assert result.returncode == 1 and '/elsewhere/query' in result.stderr
+
+
+def test_cli_watch_prints_summaries_then_ends(ros) -> None:
+    watch = subprocess.Popen([sys.executable, '-m', 'vlm_perception.cli', 'watch', '--count',
+                              '2', '--timeout', '60', '--json'],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        publish_until(ros, image_publisher(ros), lambda: watch.poll() is not None,
+                      first_sec=8000, timeout=60.0)
+        stdout, stderr = watch.communicate(timeout=10)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    assert watch.returncode == 0, stderr
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert len(lines) == 2 and all(line['type'] == 'scene' and line['summary'] for line in lines)

@@ -47,6 +47,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import (FloatingPointRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
 import rclpy
@@ -145,8 +146,7 @@ class PerceptionNode(Node):
         self._answers_pub = self.create_publisher(msg.Answer, 'answers', 10)
         self._annotated_pub = self.create_publisher(Image, 'image_annotated', 1)
         self._markers_pub = self.create_publisher(MarkerArray, 'markers', 10)
-        self._diagnostics_pub = self.create_publisher(
-            conversions.DiagnosticArray, '/diagnostics', 10)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
 
         self._subscribe_images(input_group)
         self.create_subscription(msg.Question, 'questions', self._on_question, 10,
@@ -204,8 +204,8 @@ class PerceptionNode(Node):
             yield
         except Exception as error:  # a callback must never kill the node
             self.stats.record_error(where)
-            self.get_logger().error(f'{where}: {type(error).__name__}: {error}',
-                                    throttle_duration_sec=THROTTLE_S)
+            if self._warnings.allow(f'error in {where}'):
+                self.get_logger().error(f'{where}: {type(error).__name__}: {error}')
 
     def _reject(self, what: str, error: object) -> None:
         self.stats.record_rejected(what)
