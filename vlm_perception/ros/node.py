@@ -51,7 +51,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import (FloatingPointRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
 import rclpy
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
@@ -75,6 +75,7 @@ from vlm_perception.ros.visualization import annotate
 NODE_NAME = 'vlm_perception'
 ADDED_LATENCY_ENV = 'VLM_PERCEPTION_ADDED_LATENCY'
 THROTTLE_S = 5.0
+EXECUTOR_THREADS = 5  # the four callback groups of the node and its default group
 _PARAMETER_TYPES = {'string': ParameterType.PARAMETER_STRING,
                     'bool': ParameterType.PARAMETER_BOOL,
                     'double': ParameterType.PARAMETER_DOUBLE,
@@ -132,9 +133,12 @@ class PerceptionNode(Node):
             caption_model=self._value('caption_model') or None,
             device=self._value('device'), dtype=self._value('dtype'), labels=labels))
 
-        input_group = MutuallyExclusiveCallbackGroup()   # image callback: keeps the newest frame
-        stream_group = MutuallyExclusiveCallbackGroup()  # inference on the stream
-        request_group = ReentrantCallbackGroup()         # queries, questions, labels, diagnostics
+        # One thread per group (EXECUTOR_THREADS), so no group waits for another: queries wait for
+        # the engine, never the image callback; set_labels and diagnostics wait for neither.
+        input_group = MutuallyExclusiveCallbackGroup()    # image callback: keeps the newest frame
+        stream_group = MutuallyExclusiveCallbackGroup()   # inference on the stream
+        request_group = MutuallyExclusiveCallbackGroup()  # queries and questions (use the engine)
+        control_group = MutuallyExclusiveCallbackGroup()  # set_labels, diagnostics
         self._wake = self.create_guard_condition(self._process, stream_group)
 
         self._detections_pub = self.create_publisher(msg.DetectionArray, 'detections', 10)
@@ -154,8 +158,8 @@ class PerceptionNode(Node):
         self.create_service(srv.QueryScene, 'query', self._on_query,
                             callback_group=request_group)
         self.create_service(srv.SetLabels, 'set_labels', self._on_set_labels,
-                            callback_group=request_group)
-        self.create_timer(1.0, self._publish_diagnostics, callback_group=request_group)
+                            callback_group=control_group)
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=control_group)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # --- start and stop ---------------------------------------------------------------------
@@ -436,7 +440,7 @@ def main(args: Optional[list[str]] = None) -> int:
     try:
         node = PerceptionNode()
         node.load_models()
-        executor = MultiThreadedExecutor(num_threads=4)
+        executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
