@@ -211,6 +211,9 @@ def test_set_labels_acknowledges_the_vocabulary_and_sets_the_parameter(ros) -> N
     assert list(response.labels) == ['red circle', 'blue square']
 
     assert set_parameter(ros, 'labels', ['cup', 'dog'])  # as a parameter: same effect
+    make_latest(ros, 4500)
+    detections = query(ros).scene.detections
+    assert detections and {d.label for d in detections} <= {'cup', 'dog'}
     response = call(ros, client, srv.SetLabels.Request(labels=['cup', 'dog', 'chair']))
     assert list(response.labels) == ['cup', 'dog', 'chair']
 
