@@ -1041,7 +1041,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--only', choices=STAGES,
                         help='train this stage alone, starting from --continue-from')
     parser.add_argument('--continue-from',
-                        help="preset folder whose model the --only stage starts from")
+                        help='preset folder whose model the --only stage starts from')
     parser.add_argument('--smoke', action='store_true',
                         help='tiny models and 3 steps per stage, to test the plumbing')
     return parser
