@@ -56,6 +56,8 @@ CAPTION_LENGTH = 24
 QUESTION_LENGTH = 16
 DEFAULT_THRESHOLD = 0.3
 MAX_FALSE_RATE = 0.01  # calibration target (the bar is 0.1): false detections per absent name
+MAX_THRESHOLD = 0.5
+RECALL_SLACK = 0.005
 VALIDATION_SEED = 7_000_000  # held-out scenes for the in-training metrics (eval uses others)
 
 
@@ -834,11 +836,19 @@ def _detection_table(ctx: RunContext, owl: nn.Module,
 
 
 def _choose_threshold(table: list[dict[str, float]]) -> float:
-    """Pick the lowest threshold whose false-detection rate stays under MAX_FALSE_RATE."""
-    for row in table:
-        if row['false_per_absent_query'] <= MAX_FALSE_RATE:
-            return row['threshold']
-    return table[-1]['threshold']
+    """
+    Pick the detection threshold from the calibration table.
+
+    Among thresholds up to MAX_THRESHOLD with at most MAX_FALSE_RATE false detections per
+    absent name, take the highest that keeps the best recall (within RECALL_SLACK): higher
+    thresholds also drop the weaker duplicate boxes of found objects.
+    """
+    allowed = [row for row in table if row['threshold'] <= MAX_THRESHOLD
+               and row['false_per_absent_query'] <= MAX_FALSE_RATE]
+    if not allowed:
+        return table[-1]['threshold']
+    best = max(row['recall'] for row in allowed)
+    return max(row['threshold'] for row in allowed if row['recall'] >= best - RECALL_SLACK)
 
 
 # --- stage 3: BLIP VQA
