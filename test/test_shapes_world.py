@@ -65,8 +65,8 @@ def test_every_count_colour_and_shape_occurs() -> None:
     assert {obj.shape for obj in objects} == set(world.SHAPES)
 
 
-def _render(shape: str, colour: str = 'red', size: int = 100) -> tuple[np.ndarray,
-                                                                         world.ShapeObject]:
+def _render(shape: str, colour: str = 'red',
+            size: int = 100) -> tuple[np.ndarray, world.ShapeObject]:
     obj = world.ShapeObject(colour, shape, 200, 150, size, world.COLOURS[colour])
     image = world.draw([obj], (130, 130, 130), 640, 480, np.random.default_rng(0))
     return image.astype(int), obj
