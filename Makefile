@@ -1,6 +1,6 @@
 # vlm_perception developer commands. Every target keeps DDS on loopback, in a domain of its own.
 SHELL := /bin/bash
-.SHELLFLAGS := -eu -o pipefail -c
+.SHELLFLAGS := -e -o pipefail -c
 .DEFAULT_GOAL := help
 
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
