@@ -56,6 +56,12 @@ class ChildProcess:
             self.process.wait()
         return self.process.returncode, self.output()
 
+    def stop_cleanly(self) -> None:
+        """Stop with SIGINT and assert a zero exit with no traceback, as a user expects."""
+        status, output = self.stop()
+        assert status == 0, output
+        assert 'Traceback' not in output, output
+
 
 def ros_node(module: str, ros_args: list[str],
              env: Optional[dict[str, str]] = None) -> ChildProcess:

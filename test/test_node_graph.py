@@ -33,9 +33,7 @@ def perception(tiny_preset):
     node = ros_node('vlm_perception.ros.node', [
         '-p', f'preset:={tiny_preset}', '-p', 'scene_period:=0.0', '-p', 'warmup:=false'])
     yield node
-    status, output = node.stop()
-    assert status == 0, output
-    assert 'Traceback' not in output, output
+    node.stop_cleanly()
 
 
 @pytest.fixture(scope='module')

@@ -80,43 +80,38 @@ def _calm_detection_heads(model) -> None:
     torch.nn.init.zeros_(model.box_head.dense2.weight)
 
 
-def build_owlvit(folder: Path) -> Path:
-    """OWL-ViT detector: 64² input, patch 16 (a 4×4 grid), stretching image processor."""
+def _build_owl(folder: Path, version: str) -> Path:
+    """OWL detector: 64² input, patch 16 (a 4×4 grid); `version` is 'ViT' or 'v2'."""
     import torch
-    from transformers import (OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor,
-                              OwlViTProcessor)
+    import transformers
+
+    def part(kind: str):
+        return getattr(transformers, f'Owl{version}{kind}')
 
     torch.manual_seed(SEED)
     ids = _ids()
-    config = OwlViTConfig(
+    config = part('Config')(
         text_config=_tower(max_position_embeddings=TEXT_LENGTH, **ids),
         vision_config=_tower(image_size=IMAGE_SIZE, patch_size=16),
         projection_dim=HIDDEN)
-    image_processor = OwlViTImageProcessor(size={'height': IMAGE_SIZE, 'width': IMAGE_SIZE},
-                                           crop_size={'height': IMAGE_SIZE, 'width': IMAGE_SIZE})
-    processor = OwlViTProcessor(image_processor=image_processor, tokenizer=build_tokenizer())
-    model = OwlViTForObjectDetection(config).eval()
+    size = {'height': IMAGE_SIZE, 'width': IMAGE_SIZE}
+    # OWL-ViT's processor stretches the image to a square, OWLv2's pads it.
+    image_processor = (part('ImageProcessor')(size=size, crop_size=size) if version == 'ViT'
+                       else part('ImageProcessor')(size=size))
+    processor = part('Processor')(image_processor=image_processor, tokenizer=build_tokenizer())
+    model = part('ForObjectDetection')(config).eval()
     _calm_detection_heads(model)
     return _save(model, processor, folder)
+
+
+def build_owlvit(folder: Path) -> Path:
+    """OWL-ViT detector with the stretching image processor."""
+    return _build_owl(folder, 'ViT')
 
 
 def build_owlv2(folder: Path) -> Path:
-    """OWLv2 detector: 64² input, patch 16, padding image processor."""
-    import torch
-    from transformers import (Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor,
-                              Owlv2Processor)
-
-    torch.manual_seed(SEED)
-    ids = _ids()
-    config = Owlv2Config(
-        text_config=_tower(max_position_embeddings=TEXT_LENGTH, **ids),
-        vision_config=_tower(image_size=IMAGE_SIZE, patch_size=16),
-        projection_dim=HIDDEN)
-    image_processor = Owlv2ImageProcessor(size={'height': IMAGE_SIZE, 'width': IMAGE_SIZE})
-    processor = Owlv2Processor(image_processor=image_processor, tokenizer=build_tokenizer())
-    model = Owlv2ForObjectDetection(config).eval()
-    _calm_detection_heads(model)
-    return _save(model, processor, folder)
+    """OWLv2 detector with the padding image processor."""
+    return _build_owl(folder, 'v2')
 
 
 def build_vilt(folder: Path) -> Path:
