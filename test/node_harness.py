@@ -56,6 +56,11 @@ class ChildProcess:
             self.process.wait()
         return self.process.returncode, self.output()
 
+    def require_ready(self) -> None:
+        """Fail the test unless the perception node logs that its models are loaded."""
+        if not self.wait_for_output(']: ready on '):
+            raise AssertionError(f'perception node not up:\n{self.output()}')
+
     def stop_cleanly(self) -> None:
         """Stop with SIGINT and assert a zero exit with no traceback, as a user expects."""
         status, output = self.stop()

@@ -39,8 +39,7 @@ def perception(tiny_preset):
 @pytest.fixture(scope='module')
 def ros(perception):
     """Return this test's node, once the perception node serves its query service."""
-    if not perception.wait_for_output(']: ready on '):
-        pytest.fail(f'perception node not up:\n{perception.output()}')
+    perception.require_ready()
     rclpy.init()
     node = rclpy.create_node('node_graph_test')
     client = node.create_client(srv.QueryScene, 'query')

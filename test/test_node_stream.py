@@ -45,8 +45,7 @@ def perception(tiny_preset):
 @pytest.fixture(scope='module')
 def ros(perception):
     """Return this test's node with a publisher matched to the node's compressed subscription."""
-    if not perception.wait_for_output(']: ready on '):
-        pytest.fail(f'perception node not up:\n{perception.output()}')
+    perception.require_ready()
     rclpy.init()
     node = rclpy.create_node('node_stream_test')
     publisher = image_publisher(node, TOPIC, CompressedImage)
