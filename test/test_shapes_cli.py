@@ -9,8 +9,9 @@ import pytest
 
 from vlm_perception.cli import main
 from vlm_perception.core.presets import PACKAGED_PRESETS
+from vlm_perception.core.types import Detection
 from vlm_perception.shapes import world
-from vlm_perception.shapes.evaluate import box_iou
+from vlm_perception.shapes.evaluate import box_iou, extra_detections
 
 SHAPES_DIR = PACKAGED_PRESETS['shapes']
 needs_preset = pytest.mark.skipif(
@@ -73,7 +74,23 @@ def test_eval_prints_a_table_and_json(capsys: pytest.CaptureFixture) -> None:
                                    'top_tag_present', 'vqa_overall', 'vqa_colour', 'vqa_shape',
                                    'vqa_yes_no', 'vqa_count', 'caption_names_1_2_objects'}
     assert result['metrics']['detection_recall'] >= 0.7
+    assert any(line.startswith('extra_detections_per_image ') for line in lines)
+    assert result['metrics']['extra_detections_per_image'] >= 0
     assert result['sizes'] == ['640x480', '800x450', '1024x576', '480x640']
+
+
+def test_extra_detections_are_unmatched_boxes_of_present_names() -> None:
+    objects = [world.ShapeObject('yellow', 'triangle', 100, 100, 100, world.COLOURS['yellow']),
+               world.ShapeObject('blue', 'triangle', 300, 100, 60, world.COLOURS['blue'])]
+    detections = [
+        Detection('yellow triangle', 0.9, 150, 150, 100, 100),  # matches the yellow triangle
+        Detection('yellow triangle', 0.4, 210, 150, 40, 40),  # a shifted second box: extra
+        Detection('yellow triangle', 0.3, 150, 150, 100, 100),  # the object is taken: extra
+        Detection('blue circle', 0.51, 330, 130, 60, 60),  # absent name: a false detection
+        Detection('blue triangle', 0.8, 330, 130, 60, 60),  # matches the blue triangle
+    ]
+    assert extra_detections(objects, detections) == 2
+    assert extra_detections(objects, []) == 0
 
 
 def test_eval_of_a_missing_preset_fails_cleanly(tmp_path: Path,

@@ -80,15 +80,34 @@ def test_owlvit_vision_tower_loads_into_blip(tokenizer) -> None:
     assert cosine.mean() > 0.9
 
 
-def test_each_object_claims_the_patches_inside_it_and_its_centre_patch() -> None:
-    grid = 8  # patch centres at (k + 0.5) / 8
-    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.70, 0.70, 0.74, 0.74],
-                           [0, 0, 0, 0], [0, 0, 0, 0]]])
-    labels = torch.tensor([[0, 5, -1, -1]])
+def test_each_object_claims_the_patches_inside_its_shape_and_its_centre_patch() -> None:
+    grid = 8  # patch centres at (k + 0.5) / 8: box units 1/8, 3/8, 5/8, 7/8 in a half-image box
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0],
+                           [0.70, 0.70, 0.74, 0.74]]])
+    names = ('red circle', 'green triangle', 'blue square', 'yellow triangle')
+    labels = torch.tensor([[world.NAMES.index(name) for name in names]])
     owner = train.assign_patches(boxes, labels, grid).reshape(grid, grid)
-    assert (owner[:4, :4] == 0).all(), 'all 16 patches with centres inside the first box'
-    assert owner[5, 5] == 1, 'a box smaller than a patch still gets its centre patch'
-    assert (owner >= 0).sum() == 17
+    circle, triangle, square = owner[:4, :4], owner[:4, 4:], owner[4:, :4]
+    corners = torch.zeros(4, 4, dtype=torch.bool)
+    corners[0, 0] = corners[0, 3] = corners[3, 0] = corners[3, 3] = True
+    assert (circle[~corners] == 0).all() and (circle[corners] == -1).all(), \
+        'the circle leaves its box corners to the background'
+    rows = [(triangle[k] == 1).nonzero().flatten().tolist() for k in range(4)]
+    assert rows == [[], [1, 2], [1, 2], [0, 1, 2, 3]], 'the triangle widens downwards'
+    assert (square == 2).all(), 'a square fills its box'
+    assert owner[5, 5] == 3, 'an object smaller than a patch still gets its centre patch'
+    assert (owner >= 0).sum() == 12 + 8 + 16 + 1
+
+
+def test_shape_membership_matches_the_rendered_pixels() -> None:
+    for shape in world.SHAPES:
+        obj = world.ShapeObject('red', shape, 10, 20, 101, world.COLOURS['red'])
+        clean = world.draw_clean([obj], (130, 130, 130), 140, 140)
+        drawn = np.abs(clean.astype(int) - 130).sum(-1) > 150  # at least half covered
+        ys, xs = np.mgrid[0:140, 0:140]
+        inside = world.inside_shape(shape, (xs + 0.5 - obj.x) / obj.size,
+                                    (ys + 0.5 - obj.y) / obj.size)
+        assert (drawn != inside).sum() < 0.03 * drawn.sum(), f'{shape}: only edge pixels differ'
 
 
 def test_detection_targets_mark_the_name_and_its_shape() -> None:

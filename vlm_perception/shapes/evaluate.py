@@ -6,7 +6,9 @@ Everything goes through the perception engine, the path users take::
     vlm-perception eval --preset shapes --scenes 200 --seed 12345
 
 Per scene: one detection call with all 12 names (recall at IoU >= 0.5 of present objects,
-false detections per absent name), one with the three shapes, the top tag among the 12 names,
+false detections per absent name, extra detections per image: boxes of present names left
+over when each detection, best score first, takes an unmatched object of its name at
+IoU >= 0.5), one with the three shapes, the top tag among the 12 names,
 every ground-truth question, and the caption. Prints a table of metrics against their bars,
 then the same as one JSON line.
 """
@@ -86,6 +88,31 @@ def found(obj: world.ShapeObject, detections: Sequence[Any], label: str) -> bool
                for d in detections)
 
 
+def extra_detections(objects: Sequence[world.ShapeObject], detections: Sequence[Any]) -> int:
+    """
+    Count the detections of present names that match no object.
+
+    Best score first, each detection takes the unmatched object of its name that it overlaps
+    most at IoU >= 0.5; what is left over of a present name is an extra (a shifted second box,
+    a wrong-name box on another object). Detections of absent names are not counted here.
+    """
+    unmatched = list(objects)
+    present = {obj.name for obj in objects}
+    extra = 0
+    for detection in sorted(detections, key=lambda d: d.score, reverse=True):
+        if detection.label not in present:
+            continue
+        box = detection_box(detection)
+        overlaps = [(box_iou(box, obj.box), k) for k, obj in enumerate(unmatched)
+                    if obj.name == detection.label]
+        best = max(overlaps, default=(0.0, -1))
+        if best[0] >= IOU_MATCH:
+            del unmatched[best[1]]
+        else:
+            extra += 1
+    return extra
+
+
 class Tally:
     """Counts behind the metrics."""
 
@@ -123,6 +150,7 @@ def evaluate(engine: Any, scenes: int, seed: int, sizes: Sequence[tuple[int, int
             tally.add(f'detection_recall_{width}x{height}', found(obj, detections, obj.name))
         false = sum(d.label not in present for d in detections)
         tally.add('false_detections_per_absent_query', false, len(names) - len(present))
+        tally.add('extra_detections_per_image', extra_detections(scene.objects, detections))
         shape_detections = engine.detect(frame, labels=shapes)
         for obj in scene.objects:
             tally.add('shape_query_recall', found(obj, shape_detections, obj.shape))

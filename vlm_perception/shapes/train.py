@@ -9,7 +9,7 @@ folder as soon as it is done (so a partial run still leaves usable models):
    with every present one a positive, plus a text-to-image term with several positives.
 2. ``detector`` -- OWL-ViT whose towers are that CLIP's (position embeddings interpolated to
    the finer grid), heads re-initialised (class head from the visual projection); each object
-   is assigned to every patch whose centre lies in its box plus its centre patch; L1 + GIoU on
+   is assigned to every patch whose centre lies in its shape plus its centre patch; L1 + GIoU on
    those patches' boxes, sigmoid focal loss on every patch's logits against the text queries.
    The detection threshold is calibrated on held-out scenes.
 3. ``captioner`` -- BLIP captioning whose vision tower starts from the detector's (its
@@ -496,14 +496,21 @@ def assign_patches(boxes: torch.Tensor, labels: torch.Tensor, grid: int) -> torc
     """
     Index of the object each patch is assigned to, -1 for none: (B, grid * grid).
 
-    An object takes every patch whose centre lies inside its box, plus the patch holding its
-    box centre (boxes never overlap, so no patch is claimed twice).
+    An object takes every patch whose centre lies inside its shape (the circle, square or
+    triangle drawn in its box, not the box's background corners, so patches next to a slanted
+    or curved edge learn not to fire), plus the patch holding its box centre. Boxes never
+    overlap, so no patch is claimed twice.
     """
     steps = (torch.arange(grid, device=boxes.device, dtype=torch.float32) + 0.5) / grid
     centre_y, centre_x = torch.meshgrid(steps, steps, indexing='ij')
     centre_x, centre_y = centre_x.reshape(1, 1, -1), centre_y.reshape(1, 1, -1)
     x0, y0, x1, y1 = (boxes[..., k:k + 1] for k in range(4))  # (B, M, 1)
-    inside = (centre_x > x0) & (centre_x < x1) & (centre_y > y0) & (centre_y < y1)
+    u = (centre_x - x0) / (x1 - x0).clamp(min=1e-9)  # patch centres in box units
+    v = (centre_y - y0) / (y1 - y0).clamp(min=1e-9)
+    shape = (labels.clamp(min=0) % len(world.SHAPES)).unsqueeze(-1)  # NAMES: colour-major
+    inside = torch.zeros_like(u, dtype=torch.bool)
+    for index, name in enumerate(world.SHAPES):
+        inside |= (shape == index) & world.inside_shape(name, u, v)
     col = (((x0 + x1) / 2) * grid).long().clamp(0, grid - 1)
     row = (((y0 + y1) / 2) * grid).long().clamp(0, grid - 1)
     inside.scatter_(2, row * grid + col, True)

@@ -10,7 +10,7 @@ question/answer pairs of five kinds (colour, shape, count of a shape, count of a
 """
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import cv2
 import numpy as np
@@ -31,6 +31,11 @@ COLOUR_JITTER = 15
 NOISE_SIGMA = 6.0
 BACKGROUND_RANGE = (100, 160)
 BACKGROUND_SPREAD = 20
+
+# Shapes in box units (0..1 across the box, y down): the circle is inscribed, the triangle has
+# its apex at the top middle and its base along the bottom.
+CIRCLE_CENTRE, CIRCLE_RADIUS = (0.5, 0.5), 0.5
+TRIANGLE_CORNERS = ((0.5, 0.0), (0.0, 1.0), (1.0, 1.0))
 
 _PLACEMENT_TRIES = 200
 _SUBPIXEL_SHIFT = 4  # cv2 drawing in 1/16 pixel units, so odd sizes stay centred
@@ -128,16 +133,42 @@ def _draw_object(image: np.ndarray, obj: ShapeObject) -> None:
     if obj.shape == 'square':
         image[obj.y:obj.y + obj.size, obj.x:obj.x + obj.size] = obj.rgb
     elif obj.shape == 'circle':
-        centre = (_fixed(x0 + last / 2), _fixed(y0 + last / 2))
-        cv2.circle(image, centre, _fixed(last / 2), colour, thickness=-1,
+        centre = (_fixed(x0 + CIRCLE_CENTRE[0] * last), _fixed(y0 + CIRCLE_CENTRE[1] * last))
+        cv2.circle(image, centre, _fixed(CIRCLE_RADIUS * last), colour, thickness=-1,
                    lineType=cv2.LINE_AA, shift=_SUBPIXEL_SHIFT)
     elif obj.shape == 'triangle':
-        corners = np.array([[_fixed(x0 + last / 2), _fixed(y0)],
-                            [_fixed(x0), _fixed(y0 + last)],
-                            [_fixed(x0 + last), _fixed(y0 + last)]], dtype=np.int32)
+        corners = np.array([[_fixed(x0 + u * last), _fixed(y0 + v * last)]
+                            for u, v in TRIANGLE_CORNERS], dtype=np.int32)
         cv2.fillPoly(image, [corners], colour, lineType=cv2.LINE_AA, shift=_SUBPIXEL_SHIFT)
     else:
         raise ValueError(f'unknown shape {obj.shape!r}; expected one of {SHAPES}')
+
+
+Coordinates = TypeVar('Coordinates')  # numpy or torch arrays (anything with array operators)
+
+
+def inside_shape(shape: str, u: Coordinates, v: Coordinates) -> Coordinates:
+    """
+    Tell which points lie inside a shape, as a boolean array.
+
+    ``u`` and ``v`` are positions in box units (0..1 across the object's box, y down), numpy
+    arrays or torch tensors of one broadcastable shape; box stretching (a circle in a squashed
+    image) keeps these units, so normalised image coordinates can be used directly.
+    """
+    if shape == 'square':
+        return (u > 0) & (u < 1) & (v > 0) & (v < 1)
+    if shape == 'circle':
+        return (u - CIRCLE_CENTRE[0]) ** 2 + (v - CIRCLE_CENTRE[1]) ** 2 < CIRCLE_RADIUS ** 2
+    if shape == 'triangle':
+        inside = None
+        for (ax, ay), (bx, by) in zip(TRIANGLE_CORNERS,
+                                      TRIANGLE_CORNERS[1:] + TRIANGLE_CORNERS[:1]):
+            # the corners run anticlockwise on screen, so inside has a negative cross product
+            # with every edge (y down)
+            side = (bx - ax) * (v - ay) - (by - ay) * (u - ax) < 0
+            inside = side if inside is None else inside & side
+        return inside
+    raise ValueError(f'unknown shape {shape!r}; expected one of {SHAPES}')
 
 
 def draw_clean(objects: Sequence[ShapeObject], background: Sequence[int], width: int,
