@@ -102,7 +102,7 @@ def hf_load_errors(model_id: str, what: str) -> Iterator[None]:
         ) from error
 
 
-def load_hf_config(model_id: str, what: str = 'the'):
+def load_hf_config(model_id: str, what: str = 'the') -> Any:
     """Load a transformers config (folder or hub id) or raise ModelLoadError."""
     from transformers import AutoConfig
 
@@ -218,9 +218,3 @@ def save_open_clip_model(model: Any, model_cfg: dict, out_dir: str | os.PathLike
                for key, value in model.state_dict().items()}
     safetensors.torch.save_file(tensors, str(out / OPEN_CLIP_WEIGHTS))
     return out
-
-
-def read_open_clip_config(folder: str | os.PathLike) -> dict:
-    """Return the {"model_cfg", "preprocess_cfg"} dict of a local open_clip folder."""
-    with open(Path(folder) / OPEN_CLIP_CONFIG, encoding='utf-8') as config_file:
-        return json.load(config_file)

@@ -7,6 +7,7 @@ import time
 from typing import Callable
 
 OK, WARN, ERROR = 'OK', 'WARN', 'ERROR'
+LATENCY_SMOOTHING = 0.2  # weight of the newest latency in the running mean
 
 
 class RateMeter:
@@ -60,10 +61,11 @@ class Latency:
     mean: float = 0.0
     count: int = 0
 
-    def add(self, seconds: float, smoothing: float = 0.2) -> None:
+    def add(self, seconds: float) -> None:
         """Add one measurement."""
         first = self.count == 0
-        self.mean = seconds if first else (1 - smoothing) * self.mean + smoothing * seconds
+        self.mean = seconds if first else ((1 - LATENCY_SMOOTHING) * self.mean
+                                           + LATENCY_SMOOTHING * seconds)
         self.last = seconds
         self.count += 1
 
@@ -82,7 +84,6 @@ class PerceptionStats:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
-        self._clock = clock
         self.received = RateMeter(clock=clock)
         self.processed = RateMeter(clock=clock)
         self.dropped: Counter[str] = Counter()
