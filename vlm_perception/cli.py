@@ -18,9 +18,12 @@ import argparse
 import importlib
 import json
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TYPE_CHECKING
 
 from vlm_perception.core.errors import InputError, ModelLoadError
+
+if TYPE_CHECKING:  # the engine (numpy, model code) is imported only when a command needs it
+    from vlm_perception.core.engine import Frame, PerceptionEngine
 
 PROG = 'vlm-perception'
 # Modules that add subcommands; ROS_EXTENSION is skipped silently when ROS 2 is not importable.
@@ -50,7 +53,7 @@ def engine_options() -> argparse.ArgumentParser:
     return parent
 
 
-def make_engine(args: argparse.Namespace):
+def make_engine(args: argparse.Namespace) -> 'PerceptionEngine':
     """Build a PerceptionEngine from the parsed engine options (models load on first use)."""
     from vlm_perception.core.engine import EngineConfig, PerceptionEngine
 
@@ -87,7 +90,7 @@ def _describe(args: argparse.Namespace) -> dict:
     return engine.describe(frame, question=args.question).to_dict()
 
 
-def _engine_and_frame(args: argparse.Namespace):
+def _engine_and_frame(args: argparse.Namespace) -> tuple['PerceptionEngine', 'Frame']:
     from vlm_perception.core.image import load_image
 
     image = load_image(args.image)  # before any model loads: a bad path fails fast
@@ -171,10 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 input or model error, 2 usage error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = getattr(args, 'run', None) or getattr(args, 'func', None)
     formatter = getattr(args, 'formatter', None)
     try:
-        result = handler(args)
+        result = args.run(args)
     except (InputError, ModelLoadError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         print(f'{PROG}: error: {message}', file=sys.stderr)
@@ -184,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
-        print(args.formatter(result))
+        print(formatter(result))
     return 0
 
 

@@ -1,6 +1,7 @@
 """Device and dtype choice: ``auto`` picks CUDA when present, fp16 on CUDA and fp32 on CPU."""
 
 import re
+from typing import Any
 
 from vlm_perception.core.errors import InputError
 
@@ -39,7 +40,7 @@ def resolve_dtype(dtype: str = 'auto', device: str = 'cpu') -> str:
     return name
 
 
-def torch_dtype(dtype: str):
+def torch_dtype(dtype: str) -> Any:
     """Map 'fp32' | 'fp16' | 'bf16' to the torch dtype."""
     import torch
 

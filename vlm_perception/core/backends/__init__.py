@@ -7,6 +7,7 @@ imported only when a model of theirs is loaded, so an unused capability costs no
 """
 
 from importlib import import_module
+from typing import Any
 
 from vlm_perception.core.errors import ModelLoadError
 from vlm_perception.core.loading import model_type
@@ -22,7 +23,7 @@ REGISTRY = {
 }
 
 
-def create_backend(capability: str, model_id: str, device: str, dtype: str):
+def create_backend(capability: str, model_id: str, device: str, dtype: str) -> Any:
     """Load the model ``model_id`` for a capability with the backend its architecture needs."""
     architecture = model_type(model_id)
     entry = REGISTRY.get((capability, architecture))

@@ -1,9 +1,11 @@
 """BLIP's greedy text decoding, shared by BLIP VQA (answers) and BLIP captioning."""
 
+from typing import Any
+
 import torch
 
 
-def generate_text(decoder, text_config, encoder_states: torch.Tensor, tokenizer,
+def generate_text(decoder: Any, text_config: Any, encoder_states: torch.Tensor, tokenizer: Any,
                   start: torch.Tensor | None, max_new_tokens: int) -> tuple[str, float]:
     """
     Decode greedily over encoder states; return (text, probability of the generated part).
