@@ -8,7 +8,7 @@ counted). Every output carries the header (stamp, frame_id) of the image it is a
 Subscriptions:
     image (sensor_msgs/Image): camera frames; rgb8, bgr8, rgba8, bgra8, mono8, mono16, ...
         With compressed: true, <resolved image topic>/compressed (sensor_msgs/CompressedImage)
-        instead, as image_transport names it. Sensor-data QoS, depth 1.
+        instead, as image_transport names it. Depth 1, reliability from image_reliability.
     questions (vlm_perception/Question): visual questions about the latest frame.
 
 Published Topics:

@@ -46,8 +46,8 @@ SPECS: tuple[ParameterSpec, ...] = (
                   "Captioning model (BLIP); empty = the preset's.", read_only=True),
     ParameterSpec('capabilities', 'string_array', list(CAPABILITIES),
                   'Models loaded at start and run on the stream: detect (every processed frame), '
-                  'tags and caption (every scene_period), vqa (questions topic). Queries and '
-                  'questions load caption or vqa on first use when not listed.',
+                  'tags and caption (every scene_period), vqa (questions topic). Queries (which '
+                  'always detect) and questions load their models on first use when not listed.',
                   choices=CAPABILITIES),
     ParameterSpec('device', 'string', 'auto',
                   'Torch device: auto (CUDA when present, else CPU with a warning), cpu, cuda, '
