@@ -66,7 +66,7 @@ def make_engine(args: argparse.Namespace) -> 'PerceptionEngine':
 
 def _detect(args: argparse.Namespace) -> dict:
     engine, frame = _engine_and_frame(args)
-    return {'detections': [d.to_dict() for d in engine.detect(frame, threshold=args.threshold)]}
+    return {'detections': [d.to_dict() for d in engine.detect(frame)]}
 
 
 def _tags(args: argparse.Namespace) -> dict:
