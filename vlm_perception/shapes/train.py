@@ -918,11 +918,20 @@ def run_vqa(ctx: RunContext, tokenizer: Any, captioner: nn.Module | None) -> nn.
             labels=answer_ids, reduction='mean')
         return decoded.loss, {}
 
-    summary = train_stage(ctx, 'vqa', model, [{'params': list(model.parameters())}], step_loss)
+    return _train_blip_stage(ctx, 'vqa', model, step_loss, tokenizer, folder,
+                             'accuracy', _vqa_accuracy)
+
+
+def _train_blip_stage(ctx: RunContext, stage: str, model: nn.Module,
+                      step_loss: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict]],
+                      tokenizer: Any, folder: Path, metric_name: str,
+                      metric: Callable[[RunContext, nn.Module, Any], Any]) -> nn.Module:
+    """Train a BLIP stage on all its parameters, score it, write it to folder and mark it done."""
+    summary = train_stage(ctx, stage, model, [{'params': list(model.parameters())}], step_loss)
     processor = _blip_processor(ctx, tokenizer)
-    summary['accuracy'] = _vqa_accuracy(ctx, model, processor)
+    summary[metric_name] = metric(ctx, model, processor)
     _save_hf(model, processor, folder)
-    _finish(ctx, 'vqa', summary)
+    _finish(ctx, stage, summary)
     return model
 
 
@@ -974,13 +983,8 @@ def run_captioner(ctx: RunContext, tokenizer: Any, owl: nn.Module | None) -> nn.
                                      labels=ids.masked_fill(mask == 0, -100), reduction='mean')
         return decoded.loss, {}
 
-    summary = train_stage(ctx, 'captioner', model, [{'params': list(model.parameters())}],
-                          step_loss)
-    processor = _blip_processor(ctx, tokenizer)
-    summary['names_in_caption'] = _caption_accuracy(ctx, model, processor)
-    _save_hf(model, processor, folder)
-    _finish(ctx, 'captioner', summary)
-    return model
+    return _train_blip_stage(ctx, 'captioner', model, step_loss, tokenizer, folder,
+                             'names_in_caption', _caption_accuracy)
 
 
 @torch.no_grad()
