@@ -71,9 +71,29 @@ def from_raw(data: bytes | bytearray | memoryview | np.ndarray, height: int, wid
         raise InputError(
             f"image encoding '{encoding}' is not supported ({', '.join(sorted(ENCODINGS))})")
     channels, depth, order = ENCODINGS[encoding]
+    pixels = raw_pixels(data, height, width, channels, np.dtype(np.uint8 if depth == 1 else 'u2'),
+                        step, is_bigendian, encoding)
+    if depth == 2:
+        pixels = pixels.astype(np.uint16)  # native byte order
+    if order == 'reverse':
+        pixels = pixels[:, :, ::-1]
+    elif order == 'bgra':
+        pixels = pixels[:, :, _BGRA_TO_RGBA]
+    return to_rgb(pixels)
+
+
+def raw_pixels(data: bytes | bytearray | memoryview | np.ndarray, height: int, width: int,
+               channels: int, dtype: np.dtype, step: int, is_bigendian: bool,
+               encoding: str) -> np.ndarray:
+    """
+    Return the (H, W, channels) pixels of raw image bytes with rows of ``step`` bytes.
+
+    The result views ``data`` where it can (one-byte pixels); wider pixels take the byte order
+    of ``is_bigendian``. Sizes that do not fit are an InputError naming ``encoding``.
+    """
     if height <= 0 or width <= 0:
         raise InputError(f'image is empty ({width}x{height})')
-    row_bytes = width * channels * depth
+    row_bytes = width * channels * dtype.itemsize
     if step < row_bytes:
         raise InputError(f'image step {step} is shorter than a row of {width} {encoding} pixels '
                          f'({row_bytes} bytes)')
@@ -83,17 +103,9 @@ def from_raw(data: bytes | bytearray | memoryview | np.ndarray, height: int, wid
         raise InputError(f'image data has {buffer.size} bytes, {encoding} {width}x{height} with '
                          f'step {step} needs {step * height}')
     rows = buffer[:step * height].reshape(height, step)[:, :row_bytes]
-    if depth == 2:
-        dtype = np.dtype('>u2' if is_bigendian else '<u2')
-        pixels = np.ascontiguousarray(rows).view(dtype).astype(np.uint16)
-    else:
-        pixels = rows
-    pixels = pixels.reshape(height, width, channels)
-    if order == 'reverse':
-        pixels = pixels[:, :, ::-1]
-    elif order == 'bgra':
-        pixels = pixels[:, :, _BGRA_TO_RGBA]
-    return to_rgb(pixels)
+    if dtype.itemsize > 1:
+        rows = np.ascontiguousarray(rows).view(dtype.newbyteorder('>' if is_bigendian else '<'))
+    return rows.reshape(height, width, channels)
 
 
 def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:

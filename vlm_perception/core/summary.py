@@ -3,9 +3,10 @@
 from collections import defaultdict
 from typing import Sequence
 
-from vlm_perception.core.types import Answer, Detection, LabelScore
+from vlm_perception.core.types import Answer, Detection, LabelScore, Vector
 
 MAX_TAGS = 3
+STRAIGHT_AHEAD_M = 0.05  # lateral offsets below this are not mentioned
 
 
 def horizontal_place(center_x: float, image_width: int) -> str:
@@ -18,6 +19,19 @@ def horizontal_place(center_x: float, image_width: int) -> str:
     return 'in the centre'
 
 
+def position_words(position: Vector) -> str:
+    """Return e.g. '1.2 m ahead, 0.3 m to the left' (camera optical frame: ahead z, left -x)."""
+    x, _, z = position
+    words = f'{z:.1f} m ahead'
+    if abs(x) >= STRAIGHT_AHEAD_M:
+        words += f', {abs(x):.1f} m to the {"left" if x < 0 else "right"}'
+    return words
+
+
+def _article(label: str) -> str:
+    return 'an' if label[:1].lower() in 'aeiou' else 'a'
+
+
 def _count_phrase(label: str, count: int) -> str:
     if count == 1:
         return f'one {label}'
@@ -28,9 +42,11 @@ def _count_phrase(label: str, count: int) -> str:
 def summarize(caption: str, tags: Sequence[LabelScore], detections: Sequence[Detection] | None,
               image_width: int, answer: Answer | None = None) -> str:
     """
-    Build one paragraph: caption, top tags, detections grouped by label and place, answer.
+    Build one paragraph: caption, top tags, detections, answer.
 
-    ``detections`` is None when detection did not run (nothing is said about objects then).
+    A detection placed in 3D is said with its distance and side ("a red cup 1.2 m ahead, 0.3 m
+    to the left"); the others are grouped by label and side of the image. ``detections`` is None
+    when detection did not run (nothing is said about objects then).
     """
     sentences = []
     if caption:
@@ -41,9 +57,13 @@ def summarize(caption: str, tags: Sequence[LabelScore], detections: Sequence[Det
         sentences.append(f'It looks like: {top}.')
     if detections:
         places = defaultdict(list)
-        for detection in sorted(detections, key=lambda d: d.center_x):
-            places[detection.label].append(horizontal_place(detection.center_x, image_width))
         groups = []
+        for detection in sorted(detections, key=lambda d: d.center_x):
+            if detection.position is not None:
+                groups.append(f'{_article(detection.label)} {detection.label} '
+                              f'{position_words(detection.position)}')
+            else:
+                places[detection.label].append(horizontal_place(detection.center_x, image_width))
         for label, where in places.items():
             unique = list(dict.fromkeys(where))
             groups.append(f"{_count_phrase(label, len(where))} {' and '.join(unique)}")

@@ -3,6 +3,8 @@
 
 from dataclasses import dataclass, field
 
+Vector = tuple[float, float, float]
+
 
 @dataclass
 class Detection:
@@ -14,6 +16,10 @@ class Detection:
     center_y: float
     size_x: float
     size_y: float
+    # Centre and metric size (x, y, z) in the camera's optical frame (metres), where depth
+    # placed the object; None otherwise.
+    position: Vector | None = None
+    size: Vector | None = None
 
     @property
     def box(self) -> tuple[float, float, float, float]:
@@ -22,9 +28,12 @@ class Detection:
                 self.center_x + self.size_x / 2, self.center_y + self.size_y / 2)
 
     def to_dict(self) -> dict:
-        """Fields of the Detection message (without the 3D position)."""
-        return {'label': self.label, 'score': self.score, 'center_x': self.center_x,
-                'center_y': self.center_y, 'size_x': self.size_x, 'size_y': self.size_y}
+        """Fields of the Detection message; position and size ([x, y, z]) only where known."""
+        result = {'label': self.label, 'score': self.score, 'center_x': self.center_x,
+                  'center_y': self.center_y, 'size_x': self.size_x, 'size_y': self.size_y}
+        if self.position is not None:
+            result['position'], result['size'] = list(self.position), list(self.size or ())
+        return result
 
 
 @dataclass

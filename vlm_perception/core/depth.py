@@ -1,0 +1,242 @@
+"""
+Depth geometry without ROS: camera model, depth images, robust object depth, 3D placement.
+
+Positions follow REP 103's optical convention (x right, y down, z forward, metres). Pixel
+coordinates of boxes are continuous (the image spans 0..width); the camera matrix K uses pixel
+centres at whole numbers, as ROS camera_info does, so a box centre u is u - 0.5 in K's terms.
+"""
+
+from collections import deque
+from dataclasses import dataclass, replace
+import math
+import threading
+from typing import Generic, Optional, Sequence, TypeVar
+
+import numpy as np
+
+from vlm_perception.core.errors import InputError
+from vlm_perception.core.image import raw_pixels
+from vlm_perception.core.types import Detection, Vector
+
+# Distortion models whose coefficients OpenCV's undistortPoints takes as they are.
+UNDISTORTED_MODELS = ('plumb_bob', 'rational_polynomial')
+DEPTH_ENCODINGS = {'16UC1': np.dtype('u2'), 'mono16': np.dtype('u2'), '32FC1': np.dtype('f4')}
+INNER_FRACTION = 0.5       # the central half of a box (each way) gives an object's depth
+MIN_VALID_FRACTION = 0.1   # of that inner part, with at least one pixel
+SPREAD_PERCENTILES = (10.0, 90.0)
+
+Item = TypeVar('Item')
+
+
+@dataclass(frozen=True)
+class PinholeCamera:
+    """A camera_info's intrinsics: K (row-major 3x3), image size, distortion model and D."""
+
+    k: tuple[float, ...]
+    width: int
+    height: int
+    distortion_model: str = ''
+    d: tuple[float, ...] = ()
+
+    @classmethod
+    def from_values(cls, k: Sequence[float], width: int, height: int,
+                    distortion_model: str = '', d: Sequence[float] = ()) -> 'PinholeCamera':
+        """Validate camera_info values; InputError for zero, non-finite or skewed intrinsics."""
+        k = tuple(float(value) for value in k)
+        d = tuple(float(value) for value in d)
+        if len(k) != 9 or not all(math.isfinite(value) for value in k + d):
+            raise InputError('camera matrix K must be 9 finite numbers (and D finite)')
+        fx, fy = k[0], k[4]
+        if fx <= 0 or fy <= 0 or k[8] != 1.0 or k[3] != 0.0 or k[6] != 0.0 or k[7] != 0.0:
+            raise InputError(f'camera matrix K {list(k)} is not a pinhole matrix '
+                             '(fx, fy > 0, last row 0 0 1)')
+        if width < 0 or height < 0:
+            raise InputError(f'camera_info size {width}x{height} is negative')
+        return cls(k, int(width), int(height), distortion_model, d)
+
+    @property
+    def distortion_supported(self) -> bool:
+        """Whether D is applied (plumb_bob, rational_polynomial) rather than ignored."""
+        return self.distortion_model in UNDISTORTED_MODELS or not any(self.d)
+
+    def for_image(self, width: int, height: int) -> 'PinholeCamera':
+        """Return the camera for an image of another size (same field of view); K scaled."""
+        if (self.width, self.height) in ((width, height), (0, 0)):
+            return replace(self, width=width, height=height)
+        sx, sy = width / self.width, height / self.height
+        fx, skew, cx, _, fy, cy = self.k[:6]
+        k = (fx * sx, skew * sx, (cx + 0.5) * sx - 0.5, 0.0, fy * sy, (cy + 0.5) * sy - 0.5,
+             0.0, 0.0, 1.0)
+        return replace(self, k=k, width=width, height=height)
+
+    def rays(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Return (N, 2) normalised image coordinates (x / z, y / z) of continuous pixels."""
+        points = np.stack([np.asarray(u, np.float64) - 0.5,
+                           np.asarray(v, np.float64) - 0.5], axis=-1).reshape(-1, 2)
+        if any(self.d) and self.distortion_model in UNDISTORTED_MODELS:
+            import cv2
+
+            matrix = np.array(self.k, dtype=np.float64).reshape(3, 3)
+            return cv2.undistortPoints(points[:, None, :], matrix,
+                                       np.array(self.d, dtype=np.float64)).reshape(-1, 2)
+        fx, skew, cx, _, fy, cy = self.k[:6]
+        y = (points[:, 1] - cy) / fy
+        x = (points[:, 0] - cx - skew * y) / fx
+        return np.stack([x, y], axis=1)
+
+
+@dataclass(frozen=True)
+class DepthImage:
+    """A depth image in metres, (H, W) float32; 0 or NaN where the sensor saw nothing."""
+
+    metres: np.ndarray
+
+
+def depth_from_raw(data: bytes | bytearray | memoryview | np.ndarray, height: int, width: int,
+                   encoding: str, step: int, is_bigendian: bool = False,
+                   depth_scale: float = 0.001) -> DepthImage:
+    """
+    Read a raw depth image: 16UC1 (or mono16) in units of depth_scale metres, 32FC1 in metres.
+
+    Anything else is an InputError.
+    """
+    if encoding not in DEPTH_ENCODINGS:
+        raise InputError(f"depth encoding '{encoding}' is not supported "
+                         f"({', '.join(DEPTH_ENCODINGS)})")
+    dtype = DEPTH_ENCODINGS[encoding]
+    pixels = raw_pixels(data, height, width, 1, dtype, step, is_bigendian, encoding)[:, :, 0]
+    if dtype.kind == 'u':
+        return DepthImage(pixels.astype(np.float32) * np.float32(depth_scale))
+    return DepthImage(pixels.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an object is: centre and metric size (x, y, z) in the camera's optical frame."""
+
+    position: Vector
+    size: Vector
+
+
+def place(detection: Detection, depth: DepthImage, camera: PinholeCamera, image_width: int,
+          image_height: int, min_depth: float, max_depth: float) -> Optional[Placement]:
+    """
+    Place a detection (box in pixels of an image_width x image_height image) in 3D.
+
+    The depth image may have another resolution with the same field of view; camera is the
+    colour image's. The object's depth is the median of the valid depths (finite, within
+    min_depth..max_depth) in the central half of its box; None when too few are valid, never
+    a made-up point. Its size: x and y from the box at that depth, z the 10th-90th percentile
+    spread of the box's valid depths within one object width of the median (so background seen
+    around a round object does not count).
+    """
+    metres = depth.metres
+    scale_x, scale_y = metres.shape[1] / image_width, metres.shape[0] / image_height
+    x0, y0, x1, y1 = detection.box
+    inner = _valid(_window(metres, x0, y0, x1, y1, scale_x, scale_y, INNER_FRACTION),
+                   min_depth, max_depth)
+    needed = max(1, MIN_VALID_FRACTION * inner.size)
+    valid = inner[np.isfinite(inner)]
+    if valid.size < needed:
+        return None
+    z = float(np.median(valid))
+    camera = camera.for_image(image_width, image_height)
+    centre_x, centre_y = detection.center_x, detection.center_y
+    rays = camera.rays(np.array([centre_x, x0, x1, centre_x, centre_x]),
+                       np.array([centre_y, centre_y, centre_y, y0, y1]))  # centre, edges
+    width_m = float(rays[2, 0] - rays[1, 0]) * z
+    height_m = float(rays[4, 1] - rays[3, 1]) * z
+    box = _valid(_window(metres, x0, y0, x1, y1, scale_x, scale_y, 1.0), min_depth, max_depth)
+    box = box[np.abs(box - z) <= max(width_m, height_m)]  # NaN compares false: dropped
+    low, high = np.percentile(box, SPREAD_PERCENTILES) if box.size else (z, z)
+    return Placement((float(rays[0, 0]) * z, float(rays[0, 1]) * z, z),
+                     (width_m, height_m, float(high - low)))
+
+
+def _window(metres: np.ndarray, x0: float, y0: float, x1: float, y1: float, scale_x: float,
+            scale_y: float, fraction: float) -> np.ndarray:
+    """Depth pixels whose centres lie in the central fraction of a box (image pixels)."""
+    margin_x, margin_y = (x1 - x0) * (1 - fraction) / 2, (y1 - y0) * (1 - fraction) / 2
+    height, width = metres.shape
+    left = min(max(int(math.ceil((x0 + margin_x) * scale_x - 0.5)), 0), width)
+    right = min(max(int(math.floor((x1 - margin_x) * scale_x - 0.5)) + 1, left), width)
+    top = min(max(int(math.ceil((y0 + margin_y) * scale_y - 0.5)), 0), height)
+    bottom = min(max(int(math.floor((y1 - margin_y) * scale_y - 0.5)) + 1, top), height)
+    return metres[top:bottom, left:right]
+
+
+def _valid(depths: np.ndarray, min_depth: float, max_depth: float) -> np.ndarray:
+    """The depths as float32 with everything outside min_depth..max_depth (and 0) set to NaN."""
+    return np.where((depths > 0) & (depths >= min_depth) & (depths <= max_depth), depths,
+                    np.float32(np.nan)).ravel()
+
+
+def place_all(detections: Sequence[Detection], depth: Optional[DepthImage],
+              camera: Optional[PinholeCamera], image_width: int, image_height: int,
+              min_depth: float, max_depth: float) -> list[Detection]:
+    """Return the detections with position and size set where depth places them."""
+    if depth is None or camera is None:
+        return list(detections)
+    placed = []
+    for detection in detections:
+        placement = place(detection, depth, camera, image_width, image_height, min_depth,
+                          max_depth)
+        placed.append(detection if placement is None else
+                      replace(detection, position=placement.position, size=placement.size))
+    return placed
+
+
+@dataclass(frozen=True)
+class RigidTransform:
+    """A transform from one frame to another: translation (m) and unit quaternion (x, y, z, w)."""
+
+    translation: Vector
+    rotation: tuple[float, float, float, float]
+
+    def matrix(self) -> np.ndarray:
+        """The 3x3 rotation matrix."""
+        x, y, z, w = self.rotation
+        norm = math.sqrt(x * x + y * y + z * z + w * w)
+        if not math.isfinite(norm) or norm == 0:
+            raise InputError(f'transform rotation {self.rotation} is not a quaternion')
+        x, y, z, w = x / norm, y / norm, z / norm, w / norm
+        return np.array([
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+    def apply(self, point: Vector) -> Vector:
+        """Return point expressed in the target frame."""
+        moved = self.matrix() @ np.asarray(point, dtype=np.float64) + np.asarray(self.translation)
+        return (float(moved[0]), float(moved[1]), float(moved[2]))
+
+
+class StampedBuffer(Generic[Item]):
+    """The latest items by stamp: at most max_items, none older than span_s before the newest."""
+
+    def __init__(self, span_s: float = 1.0, max_items: int = 30) -> None:
+        self.span_ns = int(span_s * 1e9)
+        self._items: deque[tuple[int, Item]] = deque(maxlen=max_items)
+        self._lock = threading.Lock()
+
+    def add(self, stamp_ns: int, item: Item) -> None:
+        """Keep item; drop what falls out of the span."""
+        with self._lock:
+            self._items.append((stamp_ns, item))
+            newest = max(stamp for stamp, _ in self._items)
+            self._items = deque(((stamp, kept) for stamp, kept in self._items
+                                 if stamp >= newest - self.span_ns), maxlen=self._items.maxlen)
+
+    def nearest(self, stamp_ns: int, slop_s: float) -> Optional[Item]:
+        """The item nearest in stamp to stamp_ns, if within slop_s seconds; else None."""
+        with self._lock:
+            if not self._items:
+                return None
+            stamp, item = min(self._items, key=lambda entry: abs(entry[0] - stamp_ns))
+        return item if abs(stamp - stamp_ns) <= slop_s * 1e9 else None
+
+    @property
+    def newest_stamp_ns(self) -> Optional[int]:
+        """Stamp of the newest item, None when empty."""
+        with self._lock:
+            return max((stamp for stamp, _ in self._items), default=None)
