@@ -4,10 +4,16 @@ Launch perception_node, optionally with the simulated shapes camera and rviz.
     ros2 launch vlm_perception vlm_perception.launch.py image:=/camera/color/image_raw
     ros2 launch vlm_perception vlm_perception.launch.py sim_camera:=true preset:=shapes rviz:=true
     ros2 launch vlm_perception vlm_perception.launch.py namespace:=robot1 respawn:=true
+    ros2 launch vlm_perception vlm_perception.launch.py image:=/camera/camera/color/image_raw \
+        depth:=/camera/camera/aligned_depth_to_color/image_raw use_depth:=true
 
 Model and stream settings live in params_file (config/params.yaml by default); only the preset
-has its own argument. Everything runs in `namespace`; the image topic is remapped to `image`.
+and use_depth have their own arguments. Everything runs in `namespace`; the image, depth and
+camera_info topics are remapped (camera_info defaults to the image topic's sibling, as
+image_transport pairs them).
 """
+
+import posixpath
 
 from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -22,6 +28,10 @@ ARGUMENTS = {
                     'YAML file with the node parameters'),
     'preset': ('', "model preset (default, shapes or a folder); empty = params_file's"),
     'image': ('image', 'image topic to subscribe (remaps image)'),
+    'depth': ('depth', 'depth image topic registered to image (remaps depth)'),
+    'camera_info': ('', 'camera_info of the image (remaps camera_info); empty = '
+                        '<dirname(image)>/camera_info'),
+    'use_depth': ('', "place detections in 3D from depth (true/false); empty = params_file's"),
     'namespace': ('', 'namespace of the node, camera and rviz'),
     'sim_camera': ('false', 'also start shapes_camera publishing on the image topic'),
     'rviz': ('false', 'also start rviz2 with the annotated image and markers'),
@@ -33,16 +43,34 @@ def _is_true(context: LaunchContext, name: str) -> bool:
     return LaunchConfiguration(name).perform(context).strip().lower() in ('true', '1', 'yes')
 
 
-def _perception_node(context: LaunchContext) -> list:
+def _camera_remappings(context: LaunchContext) -> list[tuple[str, str]]:
+    """Remap image, depth and camera_info (by default the image topic's sibling)."""
+    image = LaunchConfiguration('image').perform(context)
+    camera_info = (LaunchConfiguration('camera_info').perform(context)
+                   or posixpath.join(posixpath.dirname(image), 'camera_info'))
+    return [('image', image), ('depth', LaunchConfiguration('depth').perform(context)),
+            ('camera_info', camera_info)]
+
+
+def _nodes(context: LaunchContext) -> list:
     parameters = [LaunchConfiguration('params_file')]
     preset = LaunchConfiguration('preset').perform(context)
     if preset:
         parameters.append({'preset': preset})
-    return [Node(package=PACKAGE, executable='perception_node', name='vlm_perception',
-                 namespace=LaunchConfiguration('namespace'), parameters=parameters,
-                 remappings=[('image', LaunchConfiguration('image'))],
-                 respawn=_is_true(context, 'respawn'), respawn_delay=2.0, output='screen',
-                 emulate_tty=True)]
+    use_depth = LaunchConfiguration('use_depth').perform(context)
+    if use_depth:
+        parameters.append({'use_depth': _is_true(context, 'use_depth')})
+    remappings = _camera_remappings(context)
+    namespace = LaunchConfiguration('namespace')
+    return [
+        Node(package=PACKAGE, executable='perception_node', name='vlm_perception',
+             namespace=namespace, parameters=parameters, remappings=remappings,
+             respawn=_is_true(context, 'respawn'), respawn_delay=2.0, output='screen',
+             emulate_tty=True),
+        Node(package=PACKAGE, executable='shapes_camera', name='shapes_camera',
+             namespace=namespace, remappings=remappings,
+             condition=IfCondition(LaunchConfiguration('sim_camera')), output='screen'),
+    ]
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -51,10 +79,7 @@ def generate_launch_description() -> LaunchDescription:
     return LaunchDescription([
         *(DeclareLaunchArgument(name, default_value=default, description=description)
           for name, (default, description) in ARGUMENTS.items()),
-        OpaqueFunction(function=_perception_node),
-        Node(package=PACKAGE, executable='shapes_camera', name='shapes_camera',
-             namespace=namespace, remappings=[('image', LaunchConfiguration('image'))],
-             condition=IfCondition(LaunchConfiguration('sim_camera')), output='screen'),
+        OpaqueFunction(function=_nodes),
         Node(package='rviz2', executable='rviz2', name='rviz2', namespace=namespace,
              arguments=['-d', PathJoinSubstitution(
                  [FindPackageShare(PACKAGE), 'config', 'vlm_perception.rviz'])],

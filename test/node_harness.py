@@ -22,11 +22,14 @@ STOP_TIMEOUT_S = 20.0
 class ChildProcess:
     """A process of the test (node, launch), its output kept in a file; env inherited."""
 
-    def __init__(self, command: list[str], env: Optional[dict[str, str]] = None) -> None:
+    def __init__(self, command: list[str], env: Optional[dict[str, str]] = None,
+                 new_session: bool = False) -> None:
         self.log = Path(tempfile.mkstemp(prefix='vlm_perception_test_', suffix='.log')[1])
+        self.new_session = new_session  # a process group of its own, for stop_group()
         with self.log.open('w') as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                            env={**os.environ, **(env or {})})
+                                            env={**os.environ, **(env or {})},
+                                            start_new_session=new_session)
 
     def output(self) -> str:
         """Everything the process printed so far."""
@@ -56,6 +59,19 @@ class ChildProcess:
             self.process.wait()
         return self.process.returncode, self.output()
 
+    def stop_group(self) -> tuple[int, str]:
+        """Stop with SIGINT to the whole process group, as Ctrl-C in a terminal does."""
+        # the group of a process started without new_session is the test's own
+        assert self.new_session, 'stop_group() needs ChildProcess(..., new_session=True)'
+        if self.alive():
+            os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        return self.process.returncode, self.output()
+
     def require_ready(self) -> None:
         """Fail the test unless the perception node logs that its models are loaded."""
         if not self.wait_for_output(']: ready on '):
@@ -68,10 +84,11 @@ class ChildProcess:
         assert 'Traceback' not in output, output
 
 
-def ros_node(module: str, ros_args: list[str],
-             env: Optional[dict[str, str]] = None) -> ChildProcess:
-    """Start `python -m module --ros-args ros_args...`."""
-    return ChildProcess([sys.executable, '-m', module, '--ros-args', *ros_args], env)
+def ros_node(module: str, ros_args: list[str], env: Optional[dict[str, str]] = None,
+             new_session: bool = False) -> ChildProcess:
+    """Start `python -m module --ros-args ros_args...` (in a session of its own if asked)."""
+    return ChildProcess([sys.executable, '-m', module, '--ros-args', *ros_args], env,
+                        new_session)
 
 
 def spin_until(node: Node, done: Callable[[], Any], timeout: float = 20.0) -> bool:

@@ -9,7 +9,7 @@ pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make b
 
 from builtin_interfaces.msg import Time  # noqa: E402,I100
 from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
-from geometry_msgs.msg import Point  # noqa: E402
+from geometry_msgs.msg import Point, Vector3  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import Marker  # noqa: E402
@@ -100,18 +100,51 @@ def test_answer_messages() -> None:
     assert not bad.success and bad.error == 'question is empty' and bad.id == 'q2'
 
 
-def test_markers_summary_and_positioned_detections_only() -> None:
+def test_summary_marker_is_text_in_the_image_frame() -> None:
+    (text,) = conversions.summary_marker('One cup.', HEADER).markers
+    assert text.text == 'One cup.' and text.type == Marker.TEXT_VIEW_FACING
+    assert text.header == HEADER and text.lifetime.sec == 0 and text.lifetime.nanosec == 0
+
+
+def test_detection_markers_box_the_placed_detections_at_their_size() -> None:
     placed = msg.Detection(label='cup', score=0.9, has_position=True,
-                           position=Point(x=0.1, y=0.2, z=1.5))
+                           position=Point(x=0.1, y=0.2, z=1.5), size=Vector3(x=0.1, y=0.2, z=0.0))
     unplaced = msg.Detection(label='dog', score=0.9)
     array = msg.DetectionArray(header=HEADER, detections=[unplaced, placed])
-    markers = conversions.markers('One cup.', array).markers
-    assert markers[0].action == Marker.DELETEALL
-    assert markers[1].text == 'One cup.' and markers[1].type == Marker.TEXT_VIEW_FACING
-    assert all(m.header == HEADER for m in markers)
-    spheres = [m for m in markers if m.type == Marker.SPHERE]
-    assert len(spheres) == 1 and spheres[0].pose.position.z == pytest.approx(1.5)
-    assert len(markers) == 4  # clear, summary, sphere and label of the placed detection
+    markers = conversions.detection_markers(array, lifetime=0.75).markers
+    assert len(markers) == 2 and all(m.header == HEADER for m in markers)
+    box, label = markers
+    assert box.type == Marker.CUBE and box.pose.position.z == pytest.approx(1.5)
+    assert (box.scale.x, box.scale.y) == pytest.approx((0.1, 0.2))
+    assert box.scale.z == conversions.MIN_MARKER_SIZE  # flat objects stay visible
+    assert label.type == Marker.TEXT_VIEW_FACING and label.text == 'cup 0.90'
+    assert (box.lifetime.sec, box.lifetime.nanosec) == (0, 750_000_000)
+
+
+def test_in_frame_moves_positions_and_keeps_the_stamp() -> None:
+    from vlm_perception.core.depth import RigidTransform
+
+    placed = msg.Detection(label='cup', score=0.9, has_position=True,
+                           position=Point(x=0.0, y=0.0, z=2.0), size=Vector3(x=0.1, y=0.1, z=0.1))
+    array = msg.DetectionArray(header=HEADER, detections=[placed, msg.Detection(label='dog')])
+    # optical frame (z forward) to a body frame (x forward), 1 m above its origin
+    optical_to_body = RigidTransform((0.0, 0.0, 1.0), (-0.5, 0.5, -0.5, 0.5))
+    moved = conversions.in_frame(array, 'base_link', optical_to_body)
+    assert moved.header.frame_id == 'base_link' and moved.header.stamp == HEADER.stamp
+    position = moved.detections[0].position
+    assert (position.x, position.y, position.z) == pytest.approx((2.0, 0.0, 1.0))
+    assert not moved.detections[1].has_position
+    assert array.detections[0].position.z == 2.0  # the input is not changed
+
+
+def test_detection_round_trip_keeps_position_and_size() -> None:
+    core = Detection('cup', 0.5, 10.0, 20.0, 4.0, 6.0, (0.1, 0.2, 1.5), (0.1, 0.2, 0.05))
+    message = conversions.detection_to_msg(core)
+    assert message.has_position and message.size.y == pytest.approx(0.2)
+    back = conversions.detection_from_msg(message)
+    assert back.position == pytest.approx(core.position) and back.size == pytest.approx(core.size)
+    plain = conversions.detection_to_msg(Detection('dog', 0.5, 1.0, 2.0, 3.0, 4.0))
+    assert not plain.has_position and conversions.detection_from_msg(plain).position is None
 
 
 def test_diagnostic_array() -> None:

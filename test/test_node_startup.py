@@ -1,5 +1,7 @@
 """perception_node refuses unusable models and parameters with one clear line, no traceback."""
 
+import importlib.util
+
 import pytest
 
 pytestmark = pytest.mark.ros
@@ -21,6 +23,9 @@ def run_to_exit(ros_args: list[str]) -> tuple[int, str]:
     ('detector_model:=/nonexistent/owlvit', "'/nonexistent/owlvit'"),
     ('max_rate:=-3.0', 'max_rate'),
     ('image_reliability:=sometimes', 'image_reliability'),
+    ('min_depth:=20.0', 'min_depth (20) must be below max_depth (10)'),
+    pytest.param('target_frame:=base_link', 'needs tf2_ros', marks=pytest.mark.skipif(
+        importlib.util.find_spec('tf2_ros') is not None, reason='tf2_ros is installed here')),
 ])
 def test_unusable_settings_exit_with_one_fatal_line(
         tiny_preset, override: str, message: str) -> None:

@@ -10,10 +10,10 @@ from vlm_perception.core.errors import InputError
 from vlm_perception.core.types import Detection
 from vlm_perception.ros import parameters
 from vlm_perception.ros.diagnostics import ERROR, OK, PerceptionStats, RateMeter, Throttle, WARN
-from vlm_perception.ros.drift import DriftingScene
 from vlm_perception.ros.stream import (check_image_size, image_age, LatestSlot, Periodic,
                                        RateLimiter, SourceFrame, too_old)
 from vlm_perception.ros.visualization import annotate, label_colour
+from vlm_perception.shapes.drift import DriftingScene
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / 'config' / 'params.yaml'
 

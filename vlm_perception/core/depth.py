@@ -20,6 +20,9 @@ from vlm_perception.core.types import Detection, Vector
 
 # Distortion models whose coefficients OpenCV's undistortPoints takes as they are.
 UNDISTORTED_MODELS = ('plumb_bob', 'rational_polynomial')
+OPENCV_D_LENGTHS = (4, 5, 8, 12, 14)
+# OpenCV's default of 5 iterations leaves about a pixel of error at wide-angle image corners.
+UNDISTORT_CRITERIA = (3, 100, 1e-10)  # cv2.TERM_CRITERIA_COUNT | EPS, iterations, epsilon
 DEPTH_ENCODINGS = {'16UC1': np.dtype('u2'), 'mono16': np.dtype('u2'), '32FC1': np.dtype('f4')}
 INNER_FRACTION = 0.5       # the central half of a box (each way) gives an object's depth
 MIN_VALID_FRACTION = 0.1   # of that inner part, with at least one pixel
@@ -50,8 +53,11 @@ class PinholeCamera:
         if fx <= 0 or fy <= 0 or k[8] != 1.0 or k[3] != 0.0 or k[6] != 0.0 or k[7] != 0.0:
             raise InputError(f'camera matrix K {list(k)} is not a pinhole matrix '
                              '(fx, fy > 0, last row 0 0 1)')
-        if width < 0 or height < 0:
-            raise InputError(f'camera_info size {width}x{height} is negative')
+        if width < 0 or height < 0 or (width == 0) != (height == 0):
+            raise InputError(f'camera_info size {width}x{height} is not an image size')
+        if any(d) and distortion_model in UNDISTORTED_MODELS and len(d) not in OPENCV_D_LENGTHS:
+            raise InputError(f'{distortion_model} distortion needs 4, 5, 8, 12 or 14 '
+                             f'coefficients, got {len(d)}')
         return cls(k, int(width), int(height), distortion_model, d)
 
     @property
@@ -77,8 +83,14 @@ class PinholeCamera:
             import cv2
 
             matrix = np.array(self.k, dtype=np.float64).reshape(3, 3)
-            return cv2.undistortPoints(points[:, None, :], matrix,
-                                       np.array(self.d, dtype=np.float64)).reshape(-1, 2)
+            coefficients = np.array(self.d, dtype=np.float64)
+            if hasattr(cv2, 'undistortPointsIter'):  # OpenCV 4 takes criteria only here
+                rays = cv2.undistortPointsIter(points[:, None, :], matrix, coefficients, None,
+                                               None, UNDISTORT_CRITERIA)
+            else:
+                rays = cv2.undistortPoints(points[:, None, :], matrix, coefficients,
+                                           criteria=UNDISTORT_CRITERIA)
+            return rays.reshape(-1, 2)
         fx, skew, cx, _, fy, cy = self.k[:6]
         y = (points[:, 1] - cy) / fy
         x = (points[:, 0] - cx - skew * y) / fx
@@ -87,9 +99,25 @@ class PinholeCamera:
 
 @dataclass(frozen=True)
 class DepthImage:
-    """A depth image in metres, (H, W) float32; 0 or NaN where the sensor saw nothing."""
+    """
+    A depth image: (H, W) values as the sensor sent them and the metres one unit stands for.
 
-    metres: np.ndarray
+    The values stay in their own type (uint16 millimetres are half the size of float metres);
+    0 or NaN means the sensor saw nothing there.
+    """
+
+    values: np.ndarray
+    scale: float = 1.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Height and width in pixels."""
+        return self.values.shape[:2]
+
+    def metres(self, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+        """Return a window of the image in metres, float32."""
+        window = self.values[top:bottom, left:right].astype(np.float32)
+        return window if self.scale == 1.0 else window * np.float32(self.scale)
 
 
 def depth_from_raw(data: bytes | bytearray | memoryview | np.ndarray, height: int, width: int,
@@ -98,16 +126,14 @@ def depth_from_raw(data: bytes | bytearray | memoryview | np.ndarray, height: in
     """
     Read a raw depth image: 16UC1 (or mono16) in units of depth_scale metres, 32FC1 in metres.
 
-    Anything else is an InputError.
+    The values view data where the byte order allows. Anything else is an InputError.
     """
     if encoding not in DEPTH_ENCODINGS:
         raise InputError(f"depth encoding '{encoding}' is not supported "
                          f"({', '.join(DEPTH_ENCODINGS)})")
     dtype = DEPTH_ENCODINGS[encoding]
-    pixels = raw_pixels(data, height, width, 1, dtype, step, is_bigendian, encoding)[:, :, 0]
-    if dtype.kind == 'u':
-        return DepthImage(pixels.astype(np.float32) * np.float32(depth_scale))
-    return DepthImage(pixels.astype(np.float32))
+    values = raw_pixels(data, height, width, 1, dtype, step, is_bigendian, encoding)[:, :, 0]
+    return DepthImage(values, float(depth_scale) if dtype.kind == 'u' else 1.0)
 
 
 @dataclass(frozen=True)
@@ -130,10 +156,9 @@ def place(detection: Detection, depth: DepthImage, camera: PinholeCamera, image_
     spread of the box's valid depths within one object width of the median (so background seen
     around a round object does not count).
     """
-    metres = depth.metres
-    scale_x, scale_y = metres.shape[1] / image_width, metres.shape[0] / image_height
+    scale_x, scale_y = depth.shape[1] / image_width, depth.shape[0] / image_height
     x0, y0, x1, y1 = detection.box
-    inner = _valid(_window(metres, x0, y0, x1, y1, scale_x, scale_y, INNER_FRACTION),
+    inner = _valid(_window(depth, x0, y0, x1, y1, scale_x, scale_y, INNER_FRACTION),
                    min_depth, max_depth)
     needed = max(1, MIN_VALID_FRACTION * inner.size)
     valid = inner[np.isfinite(inner)]
@@ -146,27 +171,27 @@ def place(detection: Detection, depth: DepthImage, camera: PinholeCamera, image_
                        np.array([centre_y, centre_y, centre_y, y0, y1]))  # centre, edges
     width_m = float(rays[2, 0] - rays[1, 0]) * z
     height_m = float(rays[4, 1] - rays[3, 1]) * z
-    box = _valid(_window(metres, x0, y0, x1, y1, scale_x, scale_y, 1.0), min_depth, max_depth)
+    box = _valid(_window(depth, x0, y0, x1, y1, scale_x, scale_y, 1.0), min_depth, max_depth)
     box = box[np.abs(box - z) <= max(width_m, height_m)]  # NaN compares false: dropped
     low, high = np.percentile(box, SPREAD_PERCENTILES) if box.size else (z, z)
     return Placement((float(rays[0, 0]) * z, float(rays[0, 1]) * z, z),
                      (width_m, height_m, float(high - low)))
 
 
-def _window(metres: np.ndarray, x0: float, y0: float, x1: float, y1: float, scale_x: float,
+def _window(depth: DepthImage, x0: float, y0: float, x1: float, y1: float, scale_x: float,
             scale_y: float, fraction: float) -> np.ndarray:
-    """Depth pixels whose centres lie in the central fraction of a box (image pixels)."""
+    """Return the depths (metres) at pixels whose centres lie in the central fraction of a box."""
     margin_x, margin_y = (x1 - x0) * (1 - fraction) / 2, (y1 - y0) * (1 - fraction) / 2
-    height, width = metres.shape
+    height, width = depth.shape
     left = min(max(int(math.ceil((x0 + margin_x) * scale_x - 0.5)), 0), width)
     right = min(max(int(math.floor((x1 - margin_x) * scale_x - 0.5)) + 1, left), width)
     top = min(max(int(math.ceil((y0 + margin_y) * scale_y - 0.5)), 0), height)
     bottom = min(max(int(math.floor((y1 - margin_y) * scale_y - 0.5)) + 1, top), height)
-    return metres[top:bottom, left:right]
+    return depth.metres(top, bottom, left, right)
 
 
 def _valid(depths: np.ndarray, min_depth: float, max_depth: float) -> np.ndarray:
-    """The depths as float32 with everything outside min_depth..max_depth (and 0) set to NaN."""
+    """Return the depths, flat, with everything outside min_depth..max_depth (and 0) as NaN."""
     return np.where((depths > 0) & (depths >= min_depth) & (depths <= max_depth), depths,
                     np.float32(np.nan)).ravel()
 
@@ -194,7 +219,7 @@ class RigidTransform:
     rotation: tuple[float, float, float, float]
 
     def matrix(self) -> np.ndarray:
-        """The 3x3 rotation matrix."""
+        """Return the 3x3 rotation matrix."""
         x, y, z, w = self.rotation
         norm = math.sqrt(x * x + y * y + z * z + w * w)
         if not math.isfinite(norm) or norm == 0:
@@ -215,6 +240,7 @@ class StampedBuffer(Generic[Item]):
     """The latest items by stamp: at most max_items, none older than span_s before the newest."""
 
     def __init__(self, span_s: float = 1.0, max_items: int = 30) -> None:
+        """Keep at most max_items items, spanning at most span_s seconds of stamps."""
         self.span_ns = int(span_s * 1e9)
         self._items: deque[tuple[int, Item]] = deque(maxlen=max_items)
         self._lock = threading.Lock()
@@ -222,13 +248,13 @@ class StampedBuffer(Generic[Item]):
     def add(self, stamp_ns: int, item: Item) -> None:
         """Keep item; drop what falls out of the span."""
         with self._lock:
-            self._items.append((stamp_ns, item))
-            newest = max(stamp for stamp, _ in self._items)
-            self._items = deque(((stamp, kept) for stamp, kept in self._items
-                                 if stamp >= newest - self.span_ns), maxlen=self._items.maxlen)
+            items = sorted([*self._items, (stamp_ns, item)], key=lambda entry: entry[0])
+            newest = items[-1][0]
+            kept = [entry for entry in items if entry[0] >= newest - self.span_ns]
+            self._items = deque(kept[-self._items.maxlen:], maxlen=self._items.maxlen)
 
     def nearest(self, stamp_ns: int, slop_s: float) -> Optional[Item]:
-        """The item nearest in stamp to stamp_ns, if within slop_s seconds; else None."""
+        """Return the item nearest in stamp to stamp_ns, if within slop_s seconds; else None."""
         with self._lock:
             if not self._items:
                 return None
@@ -237,6 +263,6 @@ class StampedBuffer(Generic[Item]):
 
     @property
     def newest_stamp_ns(self) -> Optional[int]:
-        """Stamp of the newest item, None when empty."""
+        """Return the stamp of the newest item, None when empty."""
         with self._lock:
             return max((stamp for stamp, _ in self._items), default=None)

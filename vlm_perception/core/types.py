@@ -28,11 +28,13 @@ class Detection:
                 self.center_x + self.size_x / 2, self.center_y + self.size_y / 2)
 
     def to_dict(self) -> dict:
-        """Fields of the Detection message; position and size ([x, y, z]) only where known."""
+        """Fields of the Detection message; position and size ({x, y, z}) only where known."""
         result = {'label': self.label, 'score': self.score, 'center_x': self.center_x,
-                  'center_y': self.center_y, 'size_x': self.size_x, 'size_y': self.size_y}
+                  'center_y': self.center_y, 'size_x': self.size_x, 'size_y': self.size_y,
+                  'has_position': self.position is not None}
         if self.position is not None:
-            result['position'], result['size'] = list(self.position), list(self.size or ())
+            result['position'] = dict(zip('xyz', self.position))
+            result['size'] = dict(zip('xyz', self.size or (0.0, 0.0, 0.0)))
         return result
 
 

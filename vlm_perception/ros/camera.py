@@ -1,41 +1,61 @@
 """
 Simulated camera: shapes-world frames with slowly drifting objects, for demos, tests and rviz.
 
-Published Topics:
+The objects are flat cut-outs at distinct distances (0.8..4 m) in front of a wall at 5 m, seen
+by an ideal pinhole camera; depth and ground truth describe exactly what the image shows.
+
+Published Topics (all with one header per frame):
     image (sensor_msgs/Image): rgb8 frames at `rate` Hz, stamped now, frame_id `frame_id`.
-    camera_info (sensor_msgs/CameraInfo): a pinhole model of `fov` degrees, same header.
-Both are reliable with depth 1, which best-effort and reliable subscribers both accept.
+    camera_info (sensor_msgs/CameraInfo): a pinhole model of `fov` degrees, no distortion.
+    depth (sensor_msgs/Image): 16UC1 millimetres, registered to image (same size and K).
+    ground_truth (vlm_perception/DetectionArray): every object: name, score 1, box in pixels,
+        3D centre and metric size (flat: z 0) in the optical frame, has_position true.
+All are reliable with depth 1, which best-effort and reliable subscribers both accept.
 
 Parameters (read-only):
     rate (double, Hz), width, height (int, pixels), fov (double, horizontal degrees),
-    speed (double, pixels per second of drift), seed (int), frame_id (string).
+    speed (double, pixels per second of drift), seed (int),
+    frame_id (string, default camera_optical_frame: REP 103 optical, z forward).
 """
 
-import math
 import sys
 from typing import Optional
 
 import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 import rclpy
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from vlm_perception.ros.conversions import rgb_to_image
-from vlm_perception.ros.drift import DriftingScene
+from vlm_perception import msg
+from vlm_perception.ros.conversions import detections_to_msg, rgb_to_image
+from vlm_perception.shapes.drift import DriftingScene, pinhole_k
+
+# What publishing raises once Ctrl-C has shut the context down under a running timer.
+_SHUTDOWN_ERRORS = (_rclpy.RCLError, InvalidHandle)
 
 
 def camera_info(header: Header, width: int, height: int, fov_degrees: float) -> CameraInfo:
     """Return the CameraInfo of an ideal pinhole camera (no distortion, centred)."""
-    focal = width / (2 * math.tan(math.radians(fov_degrees) / 2))
-    cx, cy = (width - 1) / 2, (height - 1) / 2
+    k = pinhole_k(width, height, fov_degrees)
+    fx, _, cx, _, fy, cy = k[:6]
     return CameraInfo(header=header, width=width, height=height, distortion_model='plumb_bob',
-                      d=[0.0] * 5, k=[focal, 0.0, cx, 0.0, focal, cy, 0.0, 0.0, 1.0],
+                      d=[0.0] * 5, k=list(k),
                       r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-                      p=[focal, 0.0, cx, 0.0, 0.0, focal, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
+                      p=[fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+def depth_to_image(metres: np.ndarray, header: Header) -> Image:
+    """Return a 16UC1 sensor_msgs/Image of (H, W) depths in metres: millimetres, rounded."""
+    height, width = metres.shape
+    millimetres = np.clip(np.rint(metres * 1000.0), 0, np.iinfo(np.uint16).max).astype('<u2')
+    return Image(header=header, height=height, width=width, encoding='16UC1', is_bigendian=0,
+                 step=width * 2, data=millimetres.tobytes())
 
 
 def _range(low: float, high: float) -> dict:
@@ -45,7 +65,7 @@ def _range(low: float, high: float) -> dict:
 
 
 class ShapesCamera(Node):
-    """Publish rendered shapes-world frames on image and camera_info at a fixed rate."""
+    """Publish shapes-world frames, camera_info, depth and ground truth at a fixed rate."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__('shapes_camera', **kwargs)
@@ -53,10 +73,11 @@ class ShapesCamera(Node):
             'rate': (10.0, 'Frames per second.', (0.1, 120.0)),
             'width': (640, 'Image width, pixels.', (64, 4096)),
             'height': (480, 'Image height, pixels.', (64, 4096)),
-            'fov': (60.0, 'Horizontal field of view for camera_info, degrees.', (1.0, 179.0)),
+            'fov': (60.0, 'Horizontal field of view, degrees.', (1.0, 179.0)),
             'speed': (20.0, 'Drift speed of the objects, pixels per second.', (0.0, 1000.0)),
-            'seed': (0, 'Seed of the scene (objects, colours, noise).', (0, 2**31 - 1)),
-            'frame_id': ('camera', 'frame_id of the published headers.', None),
+            'seed': (0, 'Seed of the scene (objects, colours, distances, noise).', (0, 2**31 - 1)),
+            'frame_id': ('camera_optical_frame',
+                         'frame_id of the published headers (an optical frame).', None),
         }
         for name, (default, description, limits) in declared.items():
             extra = _range(*limits) if limits else {}
@@ -65,20 +86,31 @@ class ShapesCamera(Node):
         value = {name: self.get_parameter(name).value for name in declared}
         self._frame_id, self._fov = value['frame_id'], value['fov']
         self._scene = DriftingScene(np.random.default_rng(value['seed']), value['width'],
-                                    value['height'], value['speed'])
+                                    value['height'], value['speed'], value['fov'])
         self._period = 1.0 / value['rate']
         qos = QoSProfile(depth=1)
         self._image_pub = self.create_publisher(Image, 'image', qos)
         self._info_pub = self.create_publisher(CameraInfo, 'camera_info', qos)
+        self._depth_pub = self.create_publisher(Image, 'depth', qos)
+        self._truth_pub = self.create_publisher(msg.DetectionArray, 'ground_truth', qos)
         self.create_timer(self._period, self._publish)
         self.get_logger().info(f'publishing {value["width"]}x{value["height"]} at '
                                f'{value["rate"]:g} Hz: {self._scene.caption}')
 
     def _publish(self) -> None:
+        if not self.context.ok():
+            return
         rgb = self._scene.step(self._period)
-        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self._frame_id)
-        self._image_pub.publish(rgb_to_image(rgb, header))
-        self._info_pub.publish(camera_info(header, rgb.shape[1], rgb.shape[0], self._fov))
+        try:
+            header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self._frame_id)
+            self._image_pub.publish(rgb_to_image(rgb, header))
+            self._info_pub.publish(camera_info(header, rgb.shape[1], rgb.shape[0], self._fov))
+            self._depth_pub.publish(depth_to_image(self._scene.depth_metres(), header))
+            self._truth_pub.publish(detections_to_msg(self._scene.ground_truth(), header))
+        except _SHUTDOWN_ERRORS:
+            if self.context.ok():
+                raise
+            # Ctrl-C shut the context down while this frame was being sent: spin ends next
 
 
 def main(args: Optional[list[str]] = None) -> int:

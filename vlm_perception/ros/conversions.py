@@ -7,9 +7,9 @@ views the message buffer without copying where the encoding allows.
 
 from typing import Any, Optional, Sequence
 
-from builtin_interfaces.msg import Time
+from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point
+from geometry_msgs.msg import Point, Quaternion, Vector3
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import ColorRGBA, Header
@@ -18,6 +18,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from vlm_perception import msg
 from vlm_perception.core import image as core_image
 from vlm_perception.core import types
+from vlm_perception.core.depth import depth_from_raw, DepthImage, PinholeCamera, RigidTransform
 from vlm_perception.core.errors import InputError
 from vlm_perception.ros.diagnostics import DiagnosticReport, ERROR, OK, WARN
 from vlm_perception.ros.stream import check_image_size
@@ -28,12 +29,15 @@ try:
 except ImportError:
     CvBridge = None
 try:
-    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+    from vision_msgs.msg import (Detection2D, Detection2DArray, Detection3D, Detection3DArray,
+                                 ObjectHypothesisWithPose)
 except ImportError:
-    Detection2DArray = None
+    Detection2DArray = Detection3DArray = None
 
 _LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR}
 SUMMARY_TEXT_HEIGHT = 0.08  # metres, in the camera frame
+MIN_MARKER_SIZE = 0.01  # metres: a flat object's box stays visible in rviz
+IDENTITY = RigidTransform((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0))
 
 
 def stamp_ns(stamp: Time) -> int:
@@ -62,6 +66,19 @@ def compressed_to_rgb(image: CompressedImage) -> np.ndarray:
     return rgb
 
 
+def depth_image(image: Image, depth_scale: float) -> DepthImage:
+    """Return the depth of a 16UC1 / 32FC1 sensor_msgs/Image (viewing its data); InputError."""
+    check_image_size(image.height, image.width)
+    return depth_from_raw(image.data, image.height, image.width, image.encoding, image.step,
+                          bool(image.is_bigendian), depth_scale)
+
+
+def pinhole_camera(info: Any) -> PinholeCamera:
+    """Return the intrinsics of a sensor_msgs/CameraInfo; InputError when unusable."""
+    return PinholeCamera.from_values(info.k, info.width, info.height, info.distortion_model,
+                                     info.d)
+
+
 def rgb_to_image(rgb: np.ndarray, header: Header) -> Image:
     """Return an rgb8 sensor_msgs/Image of rgb (H, W, 3 uint8) with the given header."""
     height, width = rgb.shape[:2]
@@ -70,16 +87,27 @@ def rgb_to_image(rgb: np.ndarray, header: Header) -> Image:
 
 
 def detection_to_msg(detection: types.Detection) -> msg.Detection:
-    """Convert a core Detection (no 3D position known)."""
-    return msg.Detection(label=detection.label, score=float(detection.score),
-                         center_x=float(detection.center_x), center_y=float(detection.center_y),
-                         size_x=float(detection.size_x), size_y=float(detection.size_y))
+    """Convert a core Detection; position, size and has_position where depth placed it."""
+    result = msg.Detection(label=detection.label, score=float(detection.score),
+                           center_x=float(detection.center_x),
+                           center_y=float(detection.center_y),
+                           size_x=float(detection.size_x), size_y=float(detection.size_y))
+    if detection.position is not None and detection.size is not None:
+        result.position = Point(x=detection.position[0], y=detection.position[1],
+                                z=detection.position[2])
+        result.size = Vector3(x=detection.size[0], y=detection.size[1], z=detection.size[2])
+        result.has_position = True
+    return result
 
 
 def detection_from_msg(detection: msg.Detection) -> types.Detection:
-    """Convert a Detection message to the core dataclass."""
+    """Convert a Detection message to the core dataclass (position and size if it has one)."""
+    position = size = None
+    if detection.has_position:
+        position = (detection.position.x, detection.position.y, detection.position.z)
+        size = (detection.size.x, detection.size.y, detection.size.z)
     return types.Detection(detection.label, detection.score, detection.center_x,
-                           detection.center_y, detection.size_x, detection.size_y)
+                           detection.center_y, detection.size_x, detection.size_y, position, size)
 
 
 def detections_to_msg(detections: Sequence[types.Detection], header: Header) -> msg.DetectionArray:
@@ -120,38 +148,73 @@ def _rgba(label: str, alpha: float = 1.0) -> ColorRGBA:
     return ColorRGBA(r=red / 255, g=green / 255, b=blue / 255, a=alpha)
 
 
-def markers(summary: str, detections: msg.DetectionArray) -> MarkerArray:
-    """
-    Return rviz markers for the summary and for detections with a known 3D position.
-
-    The summary is a text marker ahead of the camera; each detection with has_position gets a
-    sphere and a label. All in the image's frame; the first marker clears the previous ones.
-    """
-    header = detections.header
-    clear = Marker(header=header, action=Marker.DELETEALL)
+def summary_marker(summary: str, header: Header) -> MarkerArray:
+    """Return the summary as a text marker ahead of the camera, in the image's frame."""
     text = Marker(header=header, ns='summary', id=0, type=Marker.TEXT_VIEW_FACING,
                   action=Marker.ADD, text=summary, color=_rgba('summary'))
     # Camera optical frame: z forward, y down; the text floats above the view centre.
     text.pose.position = Point(x=0.0, y=-0.6, z=2.0)
     text.pose.orientation.w = 1.0
     text.scale.z = SUMMARY_TEXT_HEIGHT
-    result = [clear, text]
+    return MarkerArray(markers=[text])
+
+
+def _duration(seconds: float) -> Duration:
+    whole = int(seconds)
+    return Duration(sec=whole, nanosec=int((seconds - whole) * 1e9))
+
+
+def _quaternion(transform: RigidTransform) -> Quaternion:
+    x, y, z, w = transform.rotation
+    return Quaternion(x=float(x), y=float(y), z=float(z), w=float(w))
+
+
+def in_frame(detections: msg.DetectionArray, frame_id: str,
+             transform: RigidTransform) -> msg.DetectionArray:
+    """Return a copy of detections with positions moved by transform into frame_id."""
+    header = Header(stamp=detections.header.stamp, frame_id=frame_id)
+    moved = []
+    for detection in detections.detections:
+        copy = msg.Detection(label=detection.label, score=detection.score,
+                             center_x=detection.center_x, center_y=detection.center_y,
+                             size_x=detection.size_x, size_y=detection.size_y,
+                             size=detection.size, has_position=detection.has_position)
+        if detection.has_position:
+            x, y, z = transform.apply((detection.position.x, detection.position.y,
+                                       detection.position.z))
+            copy.position = Point(x=x, y=y, z=z)
+        moved.append(copy)
+    return msg.DetectionArray(header=header, detections=moved)
+
+
+def detection_markers(detections: msg.DetectionArray, lifetime: float,
+                      transform: RigidTransform = IDENTITY) -> MarkerArray:
+    """
+    Return a box of its metric size and a text label for each placed detection.
+
+    Positions are in the array's frame; transform is the one that brought them there from the
+    camera frame, whose rotation turns the boxes (their sides follow the camera's axes).
+    Markers expire after lifetime seconds, so boxes of objects no longer seen go away.
+    """
+    result = []
     placed = [d for d in detections.detections if d.has_position]
     for index, detection in enumerate(placed):
-        sphere = Marker(header=header, ns='detections', id=index, type=Marker.SPHERE,
-                        action=Marker.ADD, color=_rgba(detection.label, 0.8))
-        sphere.pose.position = detection.position
-        sphere.pose.orientation.w = 1.0
-        sphere.scale.x = sphere.scale.y = sphere.scale.z = 0.1
-        label = Marker(header=header, ns='detection_labels', id=index,
+        box = Marker(header=detections.header, ns='detections', id=index, type=Marker.CUBE,
+                     action=Marker.ADD, color=_rgba(detection.label, 0.5),
+                     lifetime=_duration(lifetime))
+        box.pose.position = detection.position
+        box.pose.orientation = _quaternion(transform)
+        box.scale = Vector3(x=max(detection.size.x, MIN_MARKER_SIZE),
+                            y=max(detection.size.y, MIN_MARKER_SIZE),
+                            z=max(detection.size.z, MIN_MARKER_SIZE))
+        label = Marker(header=detections.header, ns='detection_labels', id=index,
                        type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
                        text=f'{detection.label} {detection.score:.2f}',
-                       color=_rgba(detection.label))
-        label.pose.position = Point(x=detection.position.x, y=detection.position.y - 0.1,
-                                    z=detection.position.z)
+                       color=_rgba(detection.label), lifetime=_duration(lifetime))
+        label.pose.position = detection.position
         label.pose.orientation.w = 1.0
         label.scale.z = SUMMARY_TEXT_HEIGHT
-        result += [sphere, label]
+        result += [box, label]
     return MarkerArray(markers=result)
 
 
@@ -178,5 +241,32 @@ def detections_2d(detections: msg.DetectionArray) -> Any:
         item.bbox.center.position.x = float(detection.center_x)
         item.bbox.center.position.y = float(detection.center_y)
         item.bbox.size_x, item.bbox.size_y = float(detection.size_x), float(detection.size_y)
+        result.detections.append(item)
+    return result
+
+
+def detections_3d(detections: msg.DetectionArray, transform: RigidTransform = IDENTITY) -> Any:
+    """
+    Return a vision_msgs/Detection3DArray of the placed detections; None without vision_msgs.
+
+    class_id is the label text; bbox centre and size in metres, in the array's frame (the
+    boxes turned by transform's rotation, as in detection_markers).
+    """
+    if Detection3DArray is None:
+        return None
+    result = Detection3DArray(header=detections.header)
+    for detection in detections.detections:
+        if not detection.has_position:
+            continue
+        item = Detection3D(header=detections.header)
+        hypothesis = ObjectHypothesisWithPose()
+        hypothesis.hypothesis.class_id = detection.label
+        hypothesis.hypothesis.score = float(detection.score)
+        hypothesis.pose.pose.position = detection.position
+        hypothesis.pose.pose.orientation = _quaternion(transform)
+        item.results.append(hypothesis)
+        item.bbox.center.position = detection.position
+        item.bbox.center.orientation = _quaternion(transform)
+        item.bbox.size = detection.size
         result.detections.append(item)
     return result

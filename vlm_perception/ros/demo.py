@@ -27,8 +27,8 @@ from std_msgs.msg import String
 from vlm_perception import srv
 from vlm_perception.core.errors import InputError, ModelLoadError
 from vlm_perception.core.presets import get_preset
-from vlm_perception.ros.drift import DriftingScene
 from vlm_perception.shapes import world
+from vlm_perception.shapes.drift import DriftingScene
 
 STOP_TIMEOUT_S = 15.0
 

@@ -8,6 +8,7 @@ from typing import Callable
 
 OK, WARN, ERROR = 'OK', 'WARN', 'ERROR'
 LATENCY_SMOOTHING = 0.2  # weight of the newest latency in the running mean
+NO_DEPTH_WARN_S = 2.0    # with depth on, WARN when none arrived for this long
 
 
 class RateMeter:
@@ -93,6 +94,18 @@ class PerceptionStats:
         self.device = ''
         self.model_state = 'loading'
         self._reported_problems = 0
+        self._clock = clock
+        self._depth_since: float | None = None  # set when depth is expected: last one, or start
+
+    def expect_depth(self) -> None:
+        """Depth images are expected from now on (WARN while none arrives)."""
+        with self._lock:
+            self._depth_since = self._clock()
+
+    def record_depth(self) -> None:
+        """Count one accepted depth image."""
+        with self._lock:
+            self._depth_since = self._clock()
 
     def record_received(self) -> None:
         """Count one input image."""
@@ -144,14 +157,18 @@ class PerceptionStats:
             problems = sum(self.rejected.values()) + sum(self.errors.values())
             new_problems, self._reported_problems = (problems - self._reported_problems,
                                                      problems)
-        level, message = self._level(new_problems)
+            no_depth_s = (None if self._depth_since is None
+                          else self._clock() - self._depth_since)
+        level, message = self._level(new_problems, no_depth_s)
         return DiagnosticReport(level, message, values)
 
-    def _level(self, new_problems: int) -> tuple[str, str]:
+    def _level(self, new_problems: int, no_depth_s: float | None) -> tuple[str, str]:
         if self.model_state.startswith('failed'):
             return ERROR, self.model_state
         if self.model_state != 'ready':
             return WARN, f'models {self.model_state}'
+        if no_depth_s is not None and no_depth_s >= NO_DEPTH_WARN_S:
+            return WARN, f'no depth for {no_depth_s:.0f} s'
         if new_problems:
             return WARN, f'{new_problems} bad inputs or errors since the last report'
         return OK, 'running'

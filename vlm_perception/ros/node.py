@@ -10,6 +10,11 @@ Subscriptions:
         With compressed: true, <resolved image topic>/compressed (sensor_msgs/CompressedImage)
         instead, as image_transport names it. Depth 1, reliability from image_reliability.
     questions (vlm_perception/Question): visual questions about the latest frame.
+    depth (sensor_msgs/Image), with use_depth: 16UC1 (units of depth_scale metres) or 32FC1
+        (metres), registered to the image (any resolution with the same field of view); the
+        last second (at most 30) is kept, each processed frame pairs with the one nearest in
+        stamp within depth_slop. Same QoS as image. compressedDepth is not supported.
+    camera_info (sensor_msgs/CameraInfo), with use_depth: intrinsics of the colour image.
 
 Published Topics:
     detections (vlm_perception/DetectionArray): every processed frame.
@@ -20,8 +25,11 @@ Published Topics:
     answers (vlm_perception/Answer): one per Question, id echoed.
     image_annotated (sensor_msgs/Image): boxes, labels and caption drawn; rendered only while
         someone subscribes.
-    markers (visualization_msgs/MarkerArray): the summary as text in the camera frame, and a
-        marker per detection whose 3D position is known.
+    detections_3d (vision_msgs/Detection3DArray), with use_depth where vision_msgs is
+        installed: placed detections, class_id = label text, bbox in metres, in target_frame.
+    markers (visualization_msgs/MarkerArray): the summary as text in the camera frame (each
+        scene), and per placed detection a box of its metric size and a label, in target_frame
+        (each processed frame; they expire after two processing periods).
     /diagnostics (diagnostic_msgs/DiagnosticArray): input and processed rates, dropped frames and
         rejected inputs by cause, latency per capability, device, model state; once a second.
 
@@ -29,11 +37,14 @@ Services:
     query (vlm_perception/QueryScene): describe the latest frame (labels, caption, question),
         failing when it is older than max_age.
     set_labels (vlm_perception/SetLabels): replace the detection vocabulary (sets labels).
+    locate (vlm_perception/Locate): find one phrase in the latest frame and place it in 3D;
+        the point in target_frame (through tf2) when set, else the camera frame.
 
 Parameters (declared in vlm_perception.ros.parameters, defaults in config/params.yaml):
     preset, detector_model, classifier_model, vqa_model, caption_model, device, dtype, compressed,
-    image_reliability, warmup (read-only); capabilities, labels, detection_threshold,
-    scene_period, max_rate, max_image_age (settable at run time; bad values are rejected).
+    image_reliability, warmup, use_depth (read-only); capabilities, labels, detection_threshold,
+    scene_period, max_rate, max_image_age, depth_scale, min_depth, max_depth, depth_slop,
+    target_frame, tf_timeout (settable at run time; bad values are rejected).
 
 Environment:
     VLM_PERCEPTION_ADDED_LATENCY: seconds of sleep added to each processed frame, to mimic a
@@ -48,34 +59,48 @@ import time
 from typing import Any, Callable, Iterator, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import Point, PointStamped
 from rcl_interfaces.msg import (FloatingPointRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import String
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
 from vlm_perception import msg, srv
+from vlm_perception.core.depth import (DepthImage, PinholeCamera, place_all, RigidTransform,
+                                       StampedBuffer)
 from vlm_perception.core.engine import clean_labels, clean_text, EngineConfig, PerceptionEngine
 from vlm_perception.core.errors import InputError, ModelLoadError
 from vlm_perception.core.summary import summarize
-from vlm_perception.core.types import SceneDescription
+from vlm_perception.core.types import Detection, SceneDescription
 from vlm_perception.ros import conversions, parameters
 from vlm_perception.ros.diagnostics import PerceptionStats, Throttle
 from vlm_perception.ros.stream import (image_age, LatestSlot, Periodic, RateLimiter, SourceFrame,
                                        too_old)
 from vlm_perception.ros.visualization import annotate
 
+try:
+    import tf2_ros
+except ImportError:  # the PyPI ROS wheels have no tf2; target_frame is refused then
+    tf2_ros = None
+
 NODE_NAME = 'vlm_perception'
+DEPTH_SETTINGS = ('depth_scale', 'min_depth', 'max_depth', 'depth_slop', 'target_frame',
+                  'tf_timeout')
 ADDED_LATENCY_ENV = 'VLM_PERCEPTION_ADDED_LATENCY'
 THROTTLE_S = 5.0
 EXECUTOR_THREADS = 5  # the four callback groups of the node and its default group
+DEPTH_SPAN_S, DEPTH_IMAGES = 1.0, 30   # depth images kept for pairing
+MIN_MARKER_LIFETIME_S = 0.5
 _PARAMETER_TYPES = {'string': ParameterType.PARAMETER_STRING,
                     'bool': ParameterType.PARAMETER_BOOL,
                     'double': ParameterType.PARAMETER_DOUBLE,
@@ -84,6 +109,10 @@ _PARAMETER_TYPES = {'string': ParameterType.PARAMETER_STRING,
 
 class FrameUnavailable(Exception):
     """No frame to answer about: none received yet, or the latest is too old."""
+
+
+class LocateFailure(Exception):
+    """Why locate has no point; the message starts with the reason's keyword."""
 
 
 def descriptor(spec: parameters.ParameterSpec) -> ParameterDescriptor:
@@ -110,6 +139,10 @@ class PerceptionNode(Node):
                 reason = parameters.check(spec.name, self._value(spec.name))
                 if reason:
                     raise InputError(f'parameter {reason}')
+        reason = (parameters.check_depth_range(self._value('min_depth'), self._value('max_depth'))
+                  or _tf_unavailable(self._value('target_frame')))
+        if reason:
+            raise InputError(f'parameter {reason}')
 
         self.stats = PerceptionStats()
         self._warnings = Throttle(THROTTLE_S)
@@ -124,6 +157,15 @@ class PerceptionNode(Node):
         self._threshold = self._value('detection_threshold')
         self._max_image_age = self._value('max_image_age')
         self._caption = ''
+        self._use_depth = self._value('use_depth')
+        self._depth = {name: self._value(name) for name in DEPTH_SETTINGS}  # settable at run time
+        self._depth_images: StampedBuffer[DepthImage] = StampedBuffer(DEPTH_SPAN_S, DEPTH_IMAGES)
+        self._camera: Optional[PinholeCamera] = None
+        self._last_processed: Optional[float] = None
+        self._marker_lifetime = MIN_MARKER_LIFETIME_S
+        self._tf_buffer = tf2_ros.Buffer() if tf2_ros is not None else None
+        self._tf_listener = (tf2_ros.TransformListener(self._tf_buffer, self, spin_thread=True)
+                             if tf2_ros is not None else None)
         labels = self._value('labels') if self._is_set('labels') else None
         self._engine = PerceptionEngine(EngineConfig(
             preset=self._value('preset'),
@@ -145,7 +187,12 @@ class PerceptionNode(Node):
         self._detections_2d_pub = (
             self.create_publisher(conversions.Detection2DArray, 'detections_2d', 10)
             if conversions.Detection2DArray is not None else None)
-        self._scene_pub = self.create_publisher(msg.SceneDescription, 'scene', 10)
+        self._detections_3d_pub = (
+            self.create_publisher(conversions.Detection3DArray, 'detections_3d', 10)
+            if conversions.Detection3DArray is not None and self._use_depth else None)
+        # Transient local: a planner that starts later gets the latest scene at once.
+        self._scene_pub = self.create_publisher(msg.SceneDescription, 'scene', QoSProfile(
+            depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self._scene_text_pub = self.create_publisher(String, 'scene_text', 10)
         self._answers_pub = self.create_publisher(msg.Answer, 'answers', 10)
         self._annotated_pub = self.create_publisher(Image, 'image_annotated', 1)
@@ -157,6 +204,7 @@ class PerceptionNode(Node):
                                  callback_group=request_group)
         self.create_service(srv.QueryScene, 'query', self._on_query,
                             callback_group=request_group)
+        self.create_service(srv.Locate, 'locate', self._on_locate, callback_group=request_group)
         self.create_service(srv.SetLabels, 'set_labels', self._on_set_labels,
                             callback_group=control_group)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=control_group)
@@ -231,8 +279,42 @@ class PerceptionNode(Node):
             raise FrameUnavailable('no image received yet')
         age = image_age(self.get_clock().now().nanoseconds, frame.stamp_ns)
         if too_old(age, max_age):
-            raise FrameUnavailable(f'the latest image is {age:.2f} s old, more than {max_age:g} s')
+            raise FrameUnavailable(f'stale: the latest image is {age:.2f} s old, more than '
+                                   f'{max_age:g} s')
         return frame, age
+
+    def _placed(self, frame: SourceFrame,
+                detections: list[Detection]) -> tuple[list[Detection], str]:
+        """Return the detections placed with the depth paired with frame, and why not if not."""
+        if not self._use_depth:
+            return detections, 'depth off: the node runs with use_depth false'
+        camera = self._camera
+        if camera is None:
+            return detections, 'no depth: no valid camera_info received yet'
+        depth = self._depth_images.nearest(frame.stamp_ns, self._depth['depth_slop'])
+        if depth is None:
+            return detections, (f'no depth: no depth image within depth_slop '
+                                f'({self._depth["depth_slop"]:g} s) of the image')
+        height, width = frame.rgb.shape[:2]
+        return place_all(detections, depth, camera, width, height, self._depth['min_depth'],
+                         self._depth['max_depth']), ''
+
+    def _target(self, header: Any) -> tuple[str, RigidTransform]:
+        """Return the frame of 3D outputs and the transform into it at the image's stamp."""
+        target = self._depth['target_frame']
+        if not target or target == header.frame_id or self._tf_buffer is None:
+            return header.frame_id, conversions.IDENTITY
+        try:
+            stamped = self._tf_buffer.lookup_transform(
+                target, header.frame_id, Time.from_msg(header.stamp),
+                timeout=Duration(seconds=self._depth['tf_timeout']))
+        except tf2_ros.TransformException as error:
+            self.stats.record_error('tf')
+            raise LocateFailure(f'transform: none from {header.frame_id or "(no frame_id)"} to '
+                                f'{target} at the image stamp: {error}') from error
+        translation, rotation = stamped.transform.translation, stamped.transform.rotation
+        return target, RigidTransform((translation.x, translation.y, translation.z),
+                                      (rotation.x, rotation.y, rotation.z, rotation.w))
 
     # --- images -------------------------------------------------------------------------------
 
@@ -248,6 +330,13 @@ class PerceptionNode(Node):
             topic = 'image'
             self.create_subscription(Image, topic, self._on_image, qos, callback_group=group)
         self.get_logger().info(f'subscribed to {self.resolve_topic_name(topic)}')
+        if self._use_depth:
+            self.create_subscription(Image, 'depth', self._on_depth, qos, callback_group=group)
+            self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos,
+                                     callback_group=group)
+            self.stats.expect_depth()
+            self.get_logger().info(f'depth from {self.resolve_topic_name("depth")}, intrinsics '
+                                   f'from {self.resolve_topic_name("camera_info")}')
 
     def _on_image(self, image: Image) -> None:
         with self._guarded('image'):
@@ -257,6 +346,29 @@ class PerceptionNode(Node):
         with self._guarded('compressed image'):
             self._keep(image.header, lambda: conversions.compressed_to_rgb(image),
                        'compressed image')
+
+    def _on_depth(self, image: Image) -> None:
+        with self._guarded('depth'):
+            try:
+                depth = conversions.depth_image(image, self._depth['depth_scale'])
+            except InputError as error:
+                self._reject('depth', error)
+                return
+            self._depth_images.add(conversions.stamp_ns(image.header.stamp), depth)
+            self.stats.record_depth()
+
+    def _on_camera_info(self, info: CameraInfo) -> None:
+        with self._guarded('camera_info'):
+            try:
+                camera = conversions.pinhole_camera(info)
+            except InputError as error:
+                self._reject('camera_info', error)
+                return
+            if not camera.distortion_supported:
+                self.get_logger().warning(
+                    f'camera_info distortion model {camera.distortion_model!r} is not '
+                    'supported: back-projecting with K only', once=True)
+            self._camera = camera
 
     def _keep(self, header: Any, to_rgb: Callable[[], Any], what: str) -> None:
         """Convert a received image and make it the newest frame (for the stream and queries)."""
@@ -304,10 +416,16 @@ class PerceptionNode(Node):
         detections = (self._timed('detect', engine.detect, engine_frame,
                                   threshold=self._threshold or None)
                       if 'detect' in capabilities else [])
+        if self._use_depth:
+            detections, unplaced = self._placed(frame, detections)
+            if unplaced:
+                self.stats.record_drop('depth unpaired')
         detections_msg = conversions.detections_to_msg(detections, frame.header)
         self._detections_pub.publish(detections_msg)
         if self._detections_2d_pub is not None:
             self._detections_2d_pub.publish(conversions.detections_2d(detections_msg))
+        if self._use_depth:
+            self._publish_3d(detections_msg)
         if self._scene_due.due():
             self._scene_due.mark()
             tags = (self._timed('tags', engine.tags, engine_frame)
@@ -320,11 +438,30 @@ class PerceptionNode(Node):
                                       frame.rgb.shape[1])
             self._scene_pub.publish(conversions.scene_to_msg(scene, frame.header))
             self._scene_text_pub.publish(String(data=scene.summary))
-            self._markers_pub.publish(conversions.markers(scene.summary, detections_msg))
+            self._markers_pub.publish(conversions.summary_marker(scene.summary, frame.header))
         if self._annotated_pub.get_subscription_count() > 0:
             self._annotated_pub.publish(conversions.rgb_to_image(
                 annotate(frame.rgb, detections, self._caption), frame.header))
         self.stats.record_processed()
+
+    def _publish_3d(self, detections: msg.DetectionArray) -> None:
+        """Publish markers and detections_3d of the placed detections, in target_frame."""
+        now = time.monotonic()
+        if self._last_processed is not None:  # outlive the gap to the next processed frame
+            self._marker_lifetime = max(MIN_MARKER_LIFETIME_S, 2 * (now - self._last_processed))
+        self._last_processed = now
+        try:
+            frame_id, transform = self._target(detections.header)
+        except LocateFailure as error:
+            if self._warnings.allow('tf'):
+                self.get_logger().warning(f'no 3D markers or detections_3d: {error}')
+            return
+        if transform is not conversions.IDENTITY:
+            detections = conversions.in_frame(detections, frame_id, transform)
+        self._markers_pub.publish(conversions.detection_markers(
+            detections, self._marker_lifetime, transform))
+        if self._detections_3d_pub is not None:
+            self._detections_3d_pub.publish(conversions.detections_3d(detections, transform))
 
     # --- questions, queries, labels -----------------------------------------------------------
 
@@ -368,10 +505,52 @@ class PerceptionNode(Node):
         scene = self._timed('query', self._engine.describe, frame.engine_frame(self._engine.frame),
                             labels=labels, question=question, caption=request.caption,
                             tags='tags' in self._capabilities, detect=True)
+        if self._use_depth:
+            scene.detections, _ = self._placed(frame, scene.detections)
+            scene.summary = summarize(scene.caption, scene.tags, scene.detections,
+                                      frame.rgb.shape[1], scene.answer)
         response.scene = conversions.scene_to_msg(scene, frame.header)
         if scene.answer is not None:
             response.answer = scene.answer.answer
             response.confidence = float(scene.answer.confidence)
+        response.success, response.message = True, f'image {age:.2f} s old'
+
+    def _on_locate(self, request: srv.Locate.Request,
+                   response: srv.Locate.Response) -> srv.Locate.Response:
+        response.success, response.message = False, 'internal error (see the node log)'
+        with self._guarded('locate'):
+            try:
+                self._locate(request, response)
+            except InputError as error:
+                self._reject('locate', error)
+                response.message = str(error)
+            except (FrameUnavailable, LocateFailure, ModelLoadError) as error:
+                response.message = str(error)
+        return response
+
+    def _locate(self, request: srv.Locate.Request, response: srv.Locate.Response) -> None:
+        query = clean_text(request.query, 'query')
+        frame, age = self._frame_for(request.max_age)
+        threshold = self._threshold or self._engine.detection_threshold
+        matches = self._timed('locate', self._engine.detect,
+                              frame.engine_frame(self._engine.frame), labels=[query],
+                              threshold=threshold)
+        if not matches:
+            raise LocateFailure(f'no match: nothing in the image scores {threshold:g} or more '
+                                f'for {query!r}')
+        matches, unplaced = self._placed(frame, matches)
+        response.matches = [conversions.detection_to_msg(match) for match in matches]
+        response.detection = response.matches[0]
+        if unplaced:
+            raise LocateFailure(unplaced)
+        best = matches[0]
+        if best.position is None:
+            raise LocateFailure(f'no depth: no valid depth ({self._depth["min_depth"]:g} to '
+                                f'{self._depth["max_depth"]:g} m) under the best match')
+        frame_id, transform = self._target(frame.header)
+        x, y, z = transform.apply(best.position)
+        response.point = PointStamped(header=Header(stamp=frame.header.stamp, frame_id=frame_id),
+                                      point=Point(x=x, y=y, z=z))
         response.success, response.message = True, f'image {age:.2f} s old'
 
     def _on_set_labels(self, request: srv.SetLabels.Request,
@@ -395,9 +574,17 @@ class PerceptionNode(Node):
     def _on_set_parameters(self, changes: list[Parameter]) -> SetParametersResult:
         for change in changes:
             reason = parameters.check(change.name, change.value)
+            if change.name == 'target_frame' and not reason:
+                reason = _tf_unavailable(change.value)
             if reason:
                 self._reject(f'parameter {change.name}', reason)
                 return SetParametersResult(successful=False, reason=reason)
+        changed = {change.name: change.value for change in changes}
+        reason = parameters.check_depth_range(changed.get('min_depth', self._depth['min_depth']),
+                                              changed.get('max_depth', self._depth['max_depth']))
+        if reason:
+            self._reject('parameter min_depth', reason)
+            return SetParametersResult(successful=False, reason=reason)
         for change in changes:  # labels first: the engine may still refuse them
             if change.name == 'labels':
                 try:
@@ -416,6 +603,8 @@ class PerceptionNode(Node):
                 self._rate.max_rate = change.value
             elif change.name == 'max_image_age':
                 self._max_image_age = change.value
+            elif change.name in self._depth:
+                self._depth[change.name] = change.value
         return SetParametersResult(successful=True)
 
     def _publish_diagnostics(self) -> None:
@@ -423,6 +612,14 @@ class PerceptionNode(Node):
             self._diagnostics_pub.publish(conversions.diagnostic_array(
                 self.stats.report(), self.get_clock().now().to_msg(),
                 f'{self.get_name()}: perception', self.stats.device or 'unknown'))
+
+
+def _tf_unavailable(target_frame: str) -> Optional[str]:
+    """Return why target_frame cannot be used here (no tf2_ros), or None."""
+    if target_frame and tf2_ros is None:
+        return (f'target_frame {target_frame!r} needs tf2_ros, which is not installed: leave it '
+                'empty for positions in the camera frame')
+    return None
 
 
 def _declared_default(spec: parameters.ParameterSpec) -> Any:

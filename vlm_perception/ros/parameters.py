@@ -78,6 +78,27 @@ SPECS: tuple[ParameterSpec, ...] = (
     ParameterSpec('warmup', 'bool', True,
                   'Run each loaded model once at start so the first frame is not slow.',
                   read_only=True),
+    ParameterSpec('use_depth', 'bool', False,
+                  'Subscribe depth (16UC1 or 32FC1, registered to the image) and camera_info, and '
+                  'place every detection in 3D (position, size).', read_only=True),
+    ParameterSpec('depth_scale', 'double', 0.001,
+                  'Metres per unit of a 16UC1 depth image (32FC1 is in metres).',
+                  limits=(1e-6, 10.0)),
+    ParameterSpec('min_depth', 'double', 0.1,
+                  'Depths below this many metres are invalid (must be below max_depth).',
+                  limits=(0.0, 1000.0)),
+    ParameterSpec('max_depth', 'double', 10.0,
+                  'Depths above this many metres are invalid (must be above min_depth).',
+                  limits=(0.0, 1000.0)),
+    ParameterSpec('depth_slop', 'double', 0.05,
+                  'Most seconds between the stamps of an image and the depth image paired '
+                  'with it.', limits=(0.0, 1.0)),
+    ParameterSpec('target_frame', 'string', '',
+                  'Frame of locate points, 3D markers and detections_3d (through tf2); '
+                  'empty = the camera frame.'),
+    ParameterSpec('tf_timeout', 'double', 0.1,
+                  'Seconds to wait for the transform to target_frame at an image stamp.',
+                  limits=(0.0, 10.0)),
 )
 
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
@@ -100,9 +121,18 @@ def check(name: str, value: Value) -> Optional[str]:
             return f'{name}: unknown value {unknown[0]!r}, expected one of {expected}'
         if len(set(values)) != len(values):
             return f'{name}: repeated values in {list(values)!r}'
+    if name == 'target_frame' and value != value.strip('/ '):
+        return f'target_frame: no leading or trailing slash or space, got {value!r}'
     if name == 'labels':
         try:
             clean_labels(value)
         except InputError as error:
             return f'labels: {error}'
+    return None
+
+
+def check_depth_range(min_depth: float, max_depth: float) -> Optional[str]:
+    """Return why min_depth and max_depth do not make a valid range, or None."""
+    if min_depth >= max_depth:
+        return f'min_depth ({min_depth:g}) must be below max_depth ({max_depth:g})'
     return None
