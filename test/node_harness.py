@@ -17,6 +17,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 STOP_TIMEOUT_S = 20.0
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class ChildProcess:
@@ -82,6 +83,12 @@ class ChildProcess:
         status, output = self.stop()
         assert status == 0, output
         assert 'Traceback' not in output, output
+
+
+def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """Run `vlm-perception ARGS` from the source tree (ROS subcommands included)."""
+    return subprocess.run([sys.executable, '-m', 'vlm_perception.cli', *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def ros_node(module: str, ros_args: list[str], env: Optional[dict[str, str]] = None,

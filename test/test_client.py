@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 import re
-import subprocess
 import sys
 import time
 
@@ -15,14 +14,13 @@ rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make build)')
 
 from client_peer import CUP, SCENE_SUMMARY  # noqa: E402,I100
-from node_harness import ChildProcess  # noqa: E402
+from node_harness import ChildProcess, cli  # noqa: E402
 
 from vlm_perception import srv  # noqa: E402
 from vlm_perception.ros.client import (PerceptionClient, PerceptionError,  # noqa: E402
                                        PerceptionTimeout)
 
 PEER = Path(__file__).with_name('client_peer.py')
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
@@ -157,12 +155,6 @@ def test_a_given_node_with_a_namespace_prefixes_the_names(ros) -> None:
                 client.locate(CUP, timeout=0.5)
     finally:
         node.destroy_node()
-
-
-def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    """Run `vlm-perception ARGS` from the source tree."""
-    return subprocess.run([sys.executable, '-m', 'vlm_perception.cli', *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_cli_locate_prints_one_line(peer) -> None:

@@ -44,7 +44,8 @@ def test_describe_json_with_four_model_folders(image_file: Path, tiny_models: di
     assert isinstance(scene['caption'], str) and scene['summary']
     assert set(scene['tags'][0]) == {'label', 'score'}
     assert set(scene['detections'][0]) == {'label', 'score', 'center_x', 'center_y', 'size_x',
-                                           'size_y'}
+                                           'size_y', 'has_position'}  # no depth, no position
+    assert scene['detections'][0]['has_position'] is False
 
 
 def test_missing_image_is_one_line_error(tmp_path: Path, tiny_models: dict) -> None:

@@ -13,8 +13,8 @@ rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make build)')
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402,I100
-from node_harness import (call, diagnostics_values, frame, image_publisher,  # noqa: E402
-                          ros_node, spin_until)
+from node_harness import (call, cli, diagnostics_values, frame,  # noqa: E402
+                          image_publisher, ros_node, spin_until)
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
@@ -287,12 +287,6 @@ def test_malformed_input_is_rejected_and_the_node_keeps_serving(ros, perception)
     make_latest(ros, 6000)
     assert query(ros, question='what is this?').success
     assert 'rejected image' in perception.output()
-
-
-def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    """Run `vlm-perception ARGS` (the ROS subcommands come from vlm_perception.ros.client)."""
-    return subprocess.run([sys.executable, '-m', 'vlm_perception.cli', *args],
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_cli_query_labels_and_ask_topic(ros) -> None:

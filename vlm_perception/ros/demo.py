@@ -6,7 +6,8 @@ The `make demo`: simulated camera and perception node, and what the node says it
 Starts shapes_camera and perception_node as separate processes (their logs go to a temporary
 file, printed if something fails), prints the node's scene summaries for a few seconds, asks two
 questions about the scene through the query service and prints the answers next to the truth,
-then stops both processes with SIGINT, as Ctrl-C would.
+locates one object in 3D (from the camera's depth) through the locate service, then stops both
+processes with SIGINT, as Ctrl-C would.
 """
 
 import argparse
@@ -31,6 +32,8 @@ from vlm_perception.shapes import world
 from vlm_perception.shapes.drift import DriftingScene
 
 STOP_TIMEOUT_S = 15.0
+LOCATE_TRIES = 10
+UNPAIRED = 'no depth image within depth_slop'
 
 
 class Children:
@@ -85,13 +88,36 @@ def _ask(node: Node, client, question: str, caption: bool) -> Optional[srv.Query
     return future.result() if future.done() else None
 
 
+def _locate(node: Node, name: str, true_distance: float) -> bool:
+    """Locate one object through the locate service and print it beside its true distance."""
+    client = node.create_client(srv.Locate, 'locate')
+    print('\nLocated through the locate service (depth from the camera):')
+    for _ in range(LOCATE_TRIES):  # the latest frame's depth image may have been lost
+        future = client.call_async(srv.Locate.Request(query=name))
+        rclpy.spin_until_future_complete(node, future, timeout_sec=60.0)
+        response = future.result() if future.done() else None
+        if response is None or UNPAIRED not in response.message:
+            break
+        time.sleep(0.3)
+    if response is None or not response.success:
+        print(f'  {name} -> failed: {response.message if response else "timeout"}')
+        return False
+    point = response.point.point
+    print(f'  {name}: ({point.x:.2f}, {point.y:.2f}, {point.z:.2f}) m in '
+          f'{response.point.header.frame_id}, {point.z:.2f} m ahead (truth: '
+          f'{true_distance:.2f} m)')
+    return True
+
+
 def run(preset: str, seconds: float, seed: int, startup_timeout: float,
         children: Children) -> bool:
     """Run the demo with already-created children; True when every step worked."""
     node_process = children.start('vlm_perception.ros.node', '-p', f'preset:={preset}',
-                                  '-p', 'scene_period:=1.0', '-p', 'warmup:=true')
+                                  '-p', 'scene_period:=1.0', '-p', 'warmup:=true',
+                                  '-p', 'use_depth:=true')
     children.start('vlm_perception.ros.camera', '-p', 'rate:=5.0', '-p', f'seed:={seed}')
-    objects = DriftingScene(np.random.default_rng(seed)).objects  # the camera's scene
+    scene = DriftingScene(np.random.default_rng(seed))  # the camera's scene
+    objects = scene.objects
     questions = world.questions_of(objects, np.random.default_rng(seed))
     chosen = [questions[0], next(qa for qa in questions if qa[0].startswith('how many objects'))]
 
@@ -126,7 +152,7 @@ def run(preset: str, seconds: float, seed: int, startup_timeout: float,
                   f'truth: {truth})')
             if response.scene.caption:
                 print(f'    caption: {response.scene.caption}')
-        return ok
+        return _locate(node, objects[0].name, scene.distances[0]) and ok
     finally:
         node.destroy_node()
 
