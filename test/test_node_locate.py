@@ -1,6 +1,8 @@
 """
-shapes_camera and perception_node with depth, as a user runs them: `vlm-perception locate` and
-the README's planner snippet find a rendered object where the camera's ground truth says it is.
+shapes_camera and perception_node with depth, as a user runs them.
+
+`vlm-perception locate` and the README's planner snippet find a rendered object where the
+camera's ground truth says it is.
 """
 
 import json
