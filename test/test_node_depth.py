@@ -348,3 +348,49 @@ def test_depth_parameters_are_validated(ros) -> None:
     except ImportError:
         result = set_parameter(ros, 'target_frame', 'base_link')
         assert not result.successful and 'tf2_ros' in result.reason
+
+
+def test_target_frame_moves_points_through_a_static_transform(ros) -> None:
+    tf2_ros = pytest.importorskip('tf2_ros', reason='tf2_ros is not installed here (the PyPI '
+                                  'ROS wheels have no tf2): target_frame is refused instead')
+    from geometry_msgs.msg import TransformStamped
+
+    from vlm_perception.core.depth import RigidTransform
+
+    mount = TransformStamped(header=Header(frame_id='base_link'), child_frame_id=FRAME_ID)
+    mount.transform.translation.x, mount.transform.translation.z = 0.1, 0.5
+    rotation = mount.transform.rotation  # optical (z forward) to body (x forward)
+    rotation.x, rotation.y, rotation.z, rotation.w = -0.5, 0.5, -0.5, 0.5
+    broadcaster = tf2_ros.StaticTransformBroadcaster(ros)
+    broadcaster.sendTransform(mount)
+    markers = []
+    ros.create_subscription(MarkerArray, 'markers', markers.append, 10)
+    assert set_parameter(ros, 'target_frame', 'base_link').successful
+    try:
+        shot = Shot(1)
+        name = next(iter(shot.truth))
+        for sec in range(1000, 1010):  # until the static transform has reached the node
+            show(ros, shot, sec=sec)
+            response = locate(ros, name)
+            if response.success:
+                break
+        assert response.success, response.message
+        assert response.point.header.frame_id == 'base_link'
+        camera = response.detection.position  # the detection stays in the camera frame
+        expected = RigidTransform((0.1, 0.0, 0.5), (-0.5, 0.5, -0.5, 0.5)).apply(
+            (camera.x, camera.y, camera.z))
+        point = response.point.point
+        assert (point.x, point.y, point.z) == pytest.approx(expected, abs=1e-6)
+        assert point.x == pytest.approx(shot.truth[name].position[2] + 0.1, rel=0.02)
+        assert spin_until(ros, lambda: any(m.header.frame_id == 'base_link' and
+                                           m.type == Marker.CUBE
+                                           for array in markers for m in array.markers), 10.0)
+        assert set_parameter(ros, 'target_frame', 'nowhere').successful
+        response = locate(ros, name)
+        assert not response.success and response.message.startswith('transform'), \
+            response.message
+        values = diagnostics(ros, lambda status: 'errors: tf' in
+                             {kv.key for kv in status.values})
+        assert int(values['errors: tf']) >= 1
+    finally:
+        set_parameter(ros, 'target_frame', '')
