@@ -5,8 +5,8 @@ It serves query, set_labels and locate, answers questions on answers and publish
 (transient local, depth 1) at start, so PerceptionClient can be tested without models.
 """
 
+from node_harness import serve
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
@@ -86,15 +86,7 @@ class FakePerception(Node):
 def main() -> None:
     """Serve until SIGINT; exit 0."""
     rclpy.init()
-    node = FakePerception()
-    print('ready', flush=True)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    serve(FakePerception())
 
 
 if __name__ == '__main__':

@@ -5,8 +5,8 @@ Messages arriving on ``<type>`` are published back on ``<type>_echo``; the servi
 their requests, so the caller can check that what it sent arrived whole.
 """
 
+from node_harness import serve
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from vlm_perception import msg, srv
 
@@ -47,16 +47,9 @@ class EchoPeer(Node):
 
 
 def main() -> None:
+    """Serve until SIGINT; exit 0."""
     rclpy.init()
-    node = EchoPeer()
-    print('ready', flush=True)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    serve(EchoPeer())
 
 
 if __name__ == '__main__':

@@ -91,6 +91,33 @@ def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+def shapes_node(*ros_args: str) -> ChildProcess:
+    """Start perception_node on the shipped shapes models; skip the test where they are absent."""
+    import pytest
+
+    from vlm_perception.core.presets import get_preset
+
+    try:
+        get_preset('shapes')
+    except Exception as error:  # the preset's models are not built in this checkout
+        pytest.skip(f'shapes preset unavailable: {error}')
+    return ros_node('vlm_perception.ros.node', ['-p', 'preset:=shapes', *ros_args])
+
+
+def serve(node: Node) -> None:
+    """Spin a test peer node until SIGINT, then stop without a traceback (peer scripts)."""
+    from rclpy.executors import ExternalShutdownException
+
+    print('ready', flush=True)
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
 def ros_node(module: str, ros_args: list[str], env: Optional[dict[str, str]] = None,
              new_session: bool = False) -> ChildProcess:
     """Start `python -m module --ros-args ros_args...` (in a session of its own if asked)."""

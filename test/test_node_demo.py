@@ -18,6 +18,8 @@ def test_demo_with_the_tiny_preset(tiny_preset) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert 'Scene summaries' in result.stdout
     assert result.stdout.count(' -> ') == 2  # two questions, two answers
+    assert 'Located through the locate service' in result.stdout
+    assert ' m in camera_optical_frame, ' in result.stdout and '(truth: ' in result.stdout
     assert 'camera and node stopped' in result.stdout
 
 

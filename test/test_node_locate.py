@@ -20,12 +20,11 @@ pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make build)')
 
-from node_harness import cli, ROOT, ros_node  # noqa: E402,I100
+from node_harness import cli, ROOT, ros_node, shapes_node  # noqa: E402,I100
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
 
 from vlm_perception import msg  # noqa: E402
-from vlm_perception.core.presets import get_preset  # noqa: E402
 
 OBJECT = 'red circle'  # in shapes_camera's default scene (seed 0), 1.77 m away
 SNIPPET_MARK = '<!-- planner-snippet'
@@ -36,13 +35,8 @@ UNPAIRED = 'no depth image within depth_slop'
 @pytest.fixture(scope='module')
 def camera_and_node():
     """Start shapes_camera and perception_node (shapes models, depth); stop both cleanly."""
-    try:
-        get_preset('shapes')
-    except Exception as error:  # the preset's models are not built in this checkout
-        pytest.skip(f'shapes preset unavailable: {error}')
-    node = ros_node('vlm_perception.ros.node', [
-        '-p', 'preset:=shapes', '-p', 'use_depth:=true', '-p', 'capabilities:=[detect]',
-        '-p', 'warmup:=false'])
+    node = shapes_node('-p', 'use_depth:=true', '-p', 'capabilities:=[detect]',
+                       '-p', 'warmup:=false')
     camera = ros_node('vlm_perception.ros.camera', ['-p', 'rate:=5.0'])
     node.require_ready()
     yield node

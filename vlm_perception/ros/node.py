@@ -484,18 +484,23 @@ class PerceptionNode(Node):
                                                   error=str(error))
             self._answers_pub.publish(reply)
 
-    def _on_query(self, request: srv.QueryScene.Request,
-                  response: srv.QueryScene.Response) -> srv.QueryScene.Response:
+    def _serve(self, what: str, answer: Callable[[Any, Any], None], request: Any,
+               response: Any) -> Any:
+        """Fill response with answer(request, response); failures become success false."""
         response.success, response.message = False, 'internal error (see the node log)'
-        with self._guarded('query'):
+        with self._guarded(what):
             try:
-                self._answer_query(request, response)
+                answer(request, response)
             except InputError as error:
-                self._reject('query', error)
+                self._reject(what, error)
                 response.message = str(error)
-            except (FrameUnavailable, ModelLoadError) as error:
+            except (FrameUnavailable, LocateFailure, ModelLoadError) as error:
                 response.message = str(error)
         return response
+
+    def _on_query(self, request: srv.QueryScene.Request,
+                  response: srv.QueryScene.Response) -> srv.QueryScene.Response:
+        return self._serve('query', self._answer_query, request, response)
 
     def _answer_query(self, request: srv.QueryScene.Request,
                       response: srv.QueryScene.Response) -> None:
@@ -517,16 +522,7 @@ class PerceptionNode(Node):
 
     def _on_locate(self, request: srv.Locate.Request,
                    response: srv.Locate.Response) -> srv.Locate.Response:
-        response.success, response.message = False, 'internal error (see the node log)'
-        with self._guarded('locate'):
-            try:
-                self._locate(request, response)
-            except InputError as error:
-                self._reject('locate', error)
-                response.message = str(error)
-            except (FrameUnavailable, LocateFailure, ModelLoadError) as error:
-                response.message = str(error)
-        return response
+        return self._serve('locate', self._locate, request, response)
 
     def _locate(self, request: srv.Locate.Request, response: srv.Locate.Response) -> None:
         query = clean_text(request.query, 'query')
