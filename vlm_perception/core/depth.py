@@ -255,11 +255,20 @@ class StampedBuffer(Generic[Item]):
 
     def nearest(self, stamp_ns: int, slop_s: float) -> Optional[Item]:
         """Return the item nearest in stamp to stamp_ns, if within slop_s seconds; else None."""
+        entry = self._nearest(stamp_ns, slop_s)
+        return None if entry is None else entry[1]
+
+    def nearest_stamp(self, stamp_ns: int, slop_s: float) -> Optional[int]:
+        """Return the stamp of the item nearest to stamp_ns, if within slop_s seconds."""
+        entry = self._nearest(stamp_ns, slop_s)
+        return None if entry is None else entry[0]
+
+    def _nearest(self, stamp_ns: int, slop_s: float) -> Optional[tuple[int, Item]]:
         with self._lock:
             if not self._items:
                 return None
-            stamp, item = min(self._items, key=lambda entry: abs(entry[0] - stamp_ns))
-        return item if abs(stamp - stamp_ns) <= slop_s * 1e9 else None
+            entry = min(self._items, key=lambda entry: abs(entry[0] - stamp_ns))
+        return entry if abs(entry[0] - stamp_ns) <= slop_s * 1e9 else None
 
     @property
     def newest_stamp_ns(self) -> Optional[int]:

@@ -150,6 +150,7 @@ class PerceptionNode(Node):
         self._stopping = threading.Event()
         self._slot: LatestSlot[SourceFrame] = LatestSlot()
         self._latest: Optional[SourceFrame] = None
+        self._latest_paired: Optional[SourceFrame] = None  # the newest with a depth image
         self._latest_lock = threading.Lock()
         self._rate = RateLimiter(self._value('max_rate'))
         self._scene_due = Periodic(self._value('scene_period'))
@@ -271,17 +272,37 @@ class PerceptionNode(Node):
         self.stats.record_latency(capability, time.perf_counter() - start)
         return result
 
-    def _frame_for(self, max_age: float) -> tuple[SourceFrame, float]:
-        """Return the latest frame and its age; FrameUnavailable when none or too old."""
+    def _frame_for(self, max_age: float,
+                   with_depth: bool = False) -> tuple[SourceFrame, float]:
+        """
+        Return the latest frame and its age; FrameUnavailable when none or too old.
+
+        with_depth prefers the newest frame that has a depth image, when the latest has none
+        (yet, or lost in transport) and that one is young enough and within the depth images
+        kept (DEPTH_SPAN_S of the latest).
+        """
         with self._latest_lock:
-            frame = self._latest
+            frame, paired = self._latest, self._latest_paired
         if frame is None:
             raise FrameUnavailable('no image received yet')
-        age = image_age(self.get_clock().now().nanoseconds, frame.stamp_ns)
+        now = self.get_clock().now().nanoseconds
+        if with_depth and paired is not None and paired is not frame \
+                and abs(frame.stamp_ns - paired.stamp_ns) <= DEPTH_SPAN_S * 1e9 \
+                and not too_old(image_age(now, paired.stamp_ns), max_age):
+            frame = paired
+        age = image_age(now, frame.stamp_ns)
         if too_old(age, max_age):
             raise FrameUnavailable(f'stale: the latest image is {age:.2f} s old, more than '
                                    f'{max_age:g} s')
         return frame, age
+
+    def _mark_paired(self, frame: Optional[SourceFrame], depth_stamp_ns: int) -> None:
+        """Remember frame as the newest with a depth image, if depth_stamp_ns pairs with it."""
+        if frame is not None and abs(frame.stamp_ns - depth_stamp_ns) <= \
+                self._depth['depth_slop'] * 1e9:
+            with self._latest_lock:
+                if self._latest_paired is None or frame.stamp_ns >= self._latest_paired.stamp_ns:
+                    self._latest_paired = frame
 
     def _placed(self, frame: SourceFrame,
                 detections: list[Detection]) -> tuple[list[Detection], str]:
@@ -354,8 +375,12 @@ class PerceptionNode(Node):
             except InputError as error:
                 self._reject('depth', error)
                 return
-            self._depth_images.add(conversions.stamp_ns(image.header.stamp), depth)
+            stamp = conversions.stamp_ns(image.header.stamp)
+            self._depth_images.add(stamp, depth)
             self.stats.record_depth()
+            with self._latest_lock:
+                latest = self._latest
+            self._mark_paired(latest, stamp)
 
     def _on_camera_info(self, info: CameraInfo) -> None:
         with self._guarded('camera_info'):
@@ -381,6 +406,11 @@ class PerceptionNode(Node):
         frame = SourceFrame(header, conversions.stamp_ns(header.stamp), rgb)
         with self._latest_lock:
             self._latest = frame
+        if self._use_depth:
+            depth_stamp = self._depth_images.nearest_stamp(frame.stamp_ns,
+                                                           self._depth['depth_slop'])
+            if depth_stamp is not None:
+                self._mark_paired(frame, depth_stamp)
         if self._slot.put(frame):
             self.stats.record_drop('superseded')
         self._wake.trigger()
@@ -526,7 +556,7 @@ class PerceptionNode(Node):
 
     def _locate(self, request: srv.Locate.Request, response: srv.Locate.Response) -> None:
         query = clean_text(request.query, 'query')
-        frame, age = self._frame_for(request.max_age)
+        frame, age = self._frame_for(request.max_age, with_depth=self._use_depth)
         threshold = self._threshold or self._engine.detection_threshold
         matches = self._timed('locate', self._engine.detect,
                               frame.engine_frame(self._engine.frame), labels=[query],
