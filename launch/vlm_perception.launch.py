@@ -15,8 +15,9 @@ image_transport pairs them).
 
 import posixpath
 
+from ament_index_python.packages import get_package_prefix, PackageNotFoundError
 from launch import LaunchContext, LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
@@ -70,18 +71,25 @@ def _nodes(context: LaunchContext) -> list:
         Node(package=PACKAGE, executable='shapes_camera', name='shapes_camera',
              namespace=namespace, remappings=remappings,
              condition=IfCondition(LaunchConfiguration('sim_camera')), output='screen'),
+        *(_rviz(namespace) if _is_true(context, 'rviz') else []),
     ]
+
+
+def _rviz(namespace: LaunchConfiguration) -> list:
+    """Return rviz2 with the package's view; a warning instead where rviz2 is not installed."""
+    try:
+        get_package_prefix('rviz2')
+    except PackageNotFoundError:  # a missing viewer must not abort the launch and orphan nodes
+        return [LogInfo(msg='rviz:=true, but rviz2 is not installed: starting without it')]
+    return [Node(package='rviz2', executable='rviz2', name='rviz2', namespace=namespace,
+                 arguments=['-d', PathJoinSubstitution(
+                     [FindPackageShare(PACKAGE), 'config', 'vlm_perception.rviz'])])]
 
 
 def generate_launch_description() -> LaunchDescription:
     """Return the launch description: node, and camera and rviz on request."""
-    namespace = LaunchConfiguration('namespace')
     return LaunchDescription([
         *(DeclareLaunchArgument(name, default_value=default, description=description)
           for name, (default, description) in ARGUMENTS.items()),
         OpaqueFunction(function=_nodes),
-        Node(package='rviz2', executable='rviz2', name='rviz2', namespace=namespace,
-             arguments=['-d', PathJoinSubstitution(
-                 [FindPackageShare(PACKAGE), 'config', 'vlm_perception.rviz'])],
-             condition=IfCondition(LaunchConfiguration('rviz'))),
     ])

@@ -18,6 +18,7 @@ Parameters (read-only):
     frame_id (string, default camera_optical_frame: REP 103 optical, z forward).
 """
 
+import signal
 import sys
 from typing import Optional
 
@@ -123,6 +124,7 @@ def main(args: Optional[list[str]] = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

@@ -53,6 +53,7 @@ Environment:
 
 from contextlib import contextmanager
 import os
+import signal
 import sys
 import threading
 import time
@@ -256,6 +257,10 @@ class PerceptionNode(Node):
         try:
             yield
         except Exception as error:  # a callback must never kill the node
+            if self._stopping.is_set() or not self.context.ok():
+                # Ctrl-C: the node is being destroyed under a callback still running
+                self.get_logger().debug(f'{where} at shutdown: {type(error).__name__}: {error}')
+                return
             self.stats.record_error(where)
             if self._warnings.allow(f'error in {where}'):
                 self.get_logger().error(f'{where}: {type(error).__name__}: {error}')
@@ -676,6 +681,7 @@ def main(args: Optional[list[str]] = None) -> int:
             f'{error} (fix the parameter; descriptions and defaults: config/params.yaml)')
         status = 1
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop
         if node is not None:
             node.stop()
             node.destroy_node()
