@@ -122,7 +122,8 @@ def test_every_contract_topic_and_service_exists_with_its_type(ros) -> None:
     subscriptions = {'/image': 'sensor_msgs/msg/Image',
                      '/questions': 'vlm_perception/msg/Question'}
     services = {'/query': 'vlm_perception/srv/QueryScene',
-                '/set_labels': 'vlm_perception/srv/SetLabels'}
+                '/set_labels': 'vlm_perception/srv/SetLabels',
+                '/locate': 'vlm_perception/srv/Locate'}
 
     def graph(kind):
         if 'vlm_perception' not in ros.get_node_names():  # else the queries below raise
@@ -242,6 +243,77 @@ def test_bad_parameter_values_are_rejected_and_the_old_value_stays(ros) -> None:
     assert set_parameter(ros, 'scene_period', 0.5)
     assert get_parameter(ros, 'scene_period') == 0.5
     assert set_parameter(ros, 'scene_period', 0.0)
+
+
+def set_parameter_named(node, name: str, value: float):
+    """Set a double parameter by any name (even undeclared or empty); return the result."""
+    parameter = ParameterMsg(name=name, value=ParameterValue(
+        type=ParameterType.PARAMETER_DOUBLE, double_value=value))
+    return call(node, node.create_client(SetParameters, f'{NODE}/set_parameters'),
+                SetParameters.Request(parameters=[parameter])).results[0]
+
+
+def test_max_rate_is_zero_or_a_usable_rate_and_a_change_wakes_the_stream(ros) -> None:
+    for unusable in (1e-10, 1e-9, 0.009, 1001.0, float('nan')):
+        assert not set_parameter(ros, 'max_rate', unusable), unusable
+    detections = Collector(ros, msg.DetectionArray, 'detections')
+    publisher = image_publisher(ros)
+    assert set_parameter(ros, 'max_rate', 0.01)  # one frame per 100 s
+    publish_until(ros, publisher, lambda: detections.messages, first_sec=7000)
+    count = len(detections.messages)
+    assert set_parameter(ros, 'max_rate', 0.0)  # must not wait out the 100 s
+    publish_until(ros, publisher, lambda: len(detections.messages) > count + 2,
+                  first_sec=7100, timeout=30.0)
+
+
+@pytest.mark.parametrize('max_age', [-1.0, float('nan'), float('-inf'), float('inf')])
+def test_query_max_age_must_be_finite_and_not_negative(ros, max_age: float) -> None:
+    make_latest(ros, 7500)
+    response = query(ros, max_age=max_age)
+    assert not response.success and 'max_age' in response.message, response.message
+
+
+@pytest.mark.parametrize('name', ['max_image_age'])
+@pytest.mark.parametrize('value', [-1.0, float('nan'), float('-inf')])
+def test_max_image_age_must_be_finite_and_not_negative(ros, name: str, value: float) -> None:
+    assert not set_parameter(ros, name, value)
+
+
+def test_a_frame_from_the_future_fails_every_age_limit(ros, perception) -> None:
+    publisher = image_publisher(ros)
+    ahead = frame(0)
+    now = ros.get_clock().now().to_msg()
+    ahead.header.stamp.sec, ahead.header.stamp.nanosec = now.sec + 10, now.nanosec
+
+    def latest_is_ahead() -> bool:
+        return query(ros).scene.header.stamp.sec == now.sec + 10
+
+    def publish_ahead(_sec: int):
+        return ahead
+
+    publish_until(ros, publisher, latest_is_ahead, first_sec=0, make=publish_ahead)
+    response = query(ros, max_age=1.0)
+    assert not response.success and 'future' in response.message, response.message
+    assert query(ros, max_age=0.0).success  # no limit: served
+    assert 'future stamp' in perception.output()
+
+
+def test_labels_set_as_a_parameter_are_stored_cleaned(ros) -> None:
+    result = set_parameter(ros, 'labels', [' cup ', 'cup', '', 'dog'])
+    stored = get_parameter(ros, 'labels')
+    assert stored == ['cup', 'dog'] or (not result and stored != [' cup ', 'cup', '', 'dog'])
+
+
+def test_empty_and_undeclared_parameter_names_are_refused(ros) -> None:
+    assert not set_parameter_named(ros, '', 1.0).successful
+    assert not set_parameter_named(ros, 'max_rte', 1.0).successful
+
+
+def test_diagnostics_status_names_carry_the_full_node_name(ros) -> None:
+    arrays = Collector(ros, DiagnosticArray, '/diagnostics')
+    assert spin_until(ros, lambda: arrays.messages, timeout=10.0)
+    names = {status.name for status in arrays.messages[-1].status}
+    assert f'{NODE}: perception' in names, names
 
 
 def bad_images():
