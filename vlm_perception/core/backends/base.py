@@ -5,7 +5,7 @@ from typing import Any
 import numpy as np
 
 from vlm_perception.core.device import torch_dtype
-from vlm_perception.core.errors import ModelLoadError
+from vlm_perception.core.errors import InputError, ModelLoadError
 from vlm_perception.core.loading import load_hf_config
 
 
@@ -73,3 +73,18 @@ class HFBackend(Backend):
         encoded = self.tokenizer(texts, return_tensors='pt', **kwargs)
         return {'input_ids': encoded['input_ids'].to(self.device),
                 'attention_mask': encoded['attention_mask'].to(self.device)}
+
+    def limited_tokens(self, text: str, what: str, limit: int, **kwargs: Any) -> dict:
+        """
+        Tokenize one question or prompt as ``tokens`` does, refusing more than ``limit`` tokens.
+
+        Tokens are counted with the tokenizer's special tokens, as the model gets them. Past its
+        position table a model fails deep inside (BLIP) or its text is cut silently (ViLT), so
+        the refusal comes first, as an InputError naming the counts.
+        """
+        inputs = self.tokens([text], **kwargs)
+        count = int(inputs['attention_mask'].sum())  # padding to max_length adds none
+        if count > limit:
+            raise InputError(f'{what} too long: {count} tokens, {self.model_id} takes at most '
+                             f'{limit}')
+        return inputs

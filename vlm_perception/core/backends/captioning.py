@@ -23,9 +23,11 @@ class BlipCaptioner(HFBackend):
         """Generate a caption greedily; with a prompt, the caption continues it (as in BLIP)."""
         start = None
         if prompt:
+            # The decoder's positions hold the prompt less its closing token plus the caption.
+            limit = self.config.text_config.max_position_embeddings - MAX_CAPTION_TOKENS + 1
             # As BlipForConditionalGeneration.generate: BOS replaces the first token, the
             # tokenizer's closing token is dropped.
-            start = self.tokens([prompt])['input_ids'][:, :-1].clone()
+            start = self.limited_tokens(prompt, 'prompt', limit)['input_ids'][:, :-1].clone()
             start[:, 0] = self.config.text_config.bos_token_id
         text, _ = generate_text(self.model.text_decoder, self.config.text_config, image_states,
                                 self.tokenizer, start=start, max_new_tokens=MAX_CAPTION_TOKENS)

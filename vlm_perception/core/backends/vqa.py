@@ -36,7 +36,9 @@ class ViltAnswerer(HFBackend):
     def answer(self, encoding: ViltImageEncoding, question: str) -> tuple[str, float]:
         """Return the most probable answer of the answer vocabulary and its probability."""
         length = self.config.max_position_embeddings
-        inputs = self.tokens([question], padding='max_length', truncation=True, max_length=length)
+        # Without truncation an over-long question stays whole, for limited_tokens to refuse.
+        inputs = self.limited_tokens(question, 'question', length, padding='max_length',
+                                     max_length=length)
         logits = self.model(**inputs, image_embeds=encoding.patches,
                             pixel_mask=encoding.mask).logits[0]
         probabilities = torch.sigmoid(logits.float())
@@ -56,7 +58,8 @@ class BlipAnswerer(HFBackend):
 
     def answer(self, image_states: torch.Tensor, question: str) -> tuple[str, float]:
         """Generate an answer greedily; confidence is the probability of the whole answer."""
-        inputs = self.tokens([question])
+        inputs = self.limited_tokens(question, 'question',
+                                     self.config.text_config.max_position_embeddings)
         image_mask = torch.ones(image_states.shape[:-1], dtype=torch.long, device=self.device)
         question_states = self.model.text_encoder(
             **inputs, encoder_hidden_states=image_states, encoder_attention_mask=image_mask,
