@@ -58,10 +58,19 @@ def image_to_rgb(image: Image) -> np.ndarray:
 
 
 def compressed_to_rgb(image: CompressedImage) -> np.ndarray:
-    """Return the (H, W, 3) uint8 RGB pixels of a sensor_msgs/CompressedImage."""
+    """
+    Return the (H, W, 3) uint8 RGB pixels of a sensor_msgs/CompressedImage.
+
+    The size its header declares is checked before decoding: a few hundred bytes can claim
+    gigabytes of pixels. Formats whose header is not read meet OpenCV's pixel limit instead.
+    """
     if not image.data:
         raise InputError('empty compressed image')
-    rgb = core_image.decode_compressed(bytes(image.data))
+    data = bytes(image.data)
+    declared = core_image.compressed_size(data)
+    if declared is not None:
+        check_image_size(declared[1], declared[0])
+    rgb = core_image.decode_compressed(data)
     check_image_size(*rgb.shape[:2])
     return rgb
 
