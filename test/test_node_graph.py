@@ -231,6 +231,20 @@ def test_question_topic_answers_with_the_same_id(ros) -> None:
     assert not by_id['q-empty'].success and 'empty' in by_id['q-empty'].error
 
 
+def test_over_long_questions_get_a_refusal_on_both_paths(ros) -> None:
+    answers = Collector(ros, msg.Answer, 'answers')
+    questions = ros.create_publisher(msg.Question, 'questions', 10)
+    assert spin_until(ros, lambda: questions.get_subscription_count() > 0)
+    make_latest(ros, 4200)
+    long_question = 'is there ' + ' and '.join(['a cup'] * 40) + '?'  # under 512 characters
+    questions.publish(msg.Question(id='q-long', question=long_question))
+    assert spin_until(ros, lambda: 'q-long' in {a.id for a in answers.messages})
+    (answer,) = [a for a in answers.messages if a.id == 'q-long']
+    assert not answer.success and answer.error.startswith('question too long:'), answer.error
+    response = query(ros, question=long_question)
+    assert not response.success and response.message.startswith('question too long:')
+
+
 def test_bad_parameter_values_are_rejected_and_the_old_value_stays(ros) -> None:
     assert not set_parameter(ros, 'max_rate', -1.0)
     assert get_parameter(ros, 'max_rate') == 0.0
@@ -258,11 +272,15 @@ def test_max_rate_is_zero_or_a_usable_rate_and_a_change_wakes_the_stream(ros) ->
         assert not set_parameter(ros, 'max_rate', unusable), unusable
     detections = Collector(ros, msg.DetectionArray, 'detections')
     publisher = image_publisher(ros)
-    assert set_parameter(ros, 'max_rate', 0.01)  # one frame per 100 s
-    publish_until(ros, publisher, lambda: detections.messages, first_sec=7000)
-    count = len(detections.messages)
-    assert set_parameter(ros, 'max_rate', 0.0)  # must not wait out the 100 s
-    publish_until(ros, publisher, lambda: len(detections.messages) > count + 2,
+    try:
+        assert set_parameter(ros, 'max_rate', 0.01)  # 100 s from the last processed frame
+        for sec in range(7000, 7005):  # the stream now waits out the rate
+            publisher.publish(frame(sec))
+            spin_until(ros, lambda: False, timeout=0.2)
+    finally:
+        assert set_parameter(ros, 'max_rate', 0.0)  # must not wait out the 100 s
+    publish_until(ros, publisher, lambda: any(d.header.stamp.sec >= 7100
+                                              for d in detections.messages),
                   first_sec=7100, timeout=30.0)
 
 

@@ -10,8 +10,8 @@ from vlm_perception.core.errors import InputError
 from vlm_perception.core.types import Detection
 from vlm_perception.ros import parameters
 from vlm_perception.ros.diagnostics import ERROR, OK, PerceptionStats, RateMeter, Throttle, WARN
-from vlm_perception.ros.stream import (check_image_size, image_age, LatestSlot, Periodic,
-                                       RateLimiter, SourceFrame, too_old)
+from vlm_perception.ros.stream import (age_verdict, check_image_size, check_max_age, image_age,
+                                       LatestSlot, Periodic, RateLimiter, SourceFrame)
 from vlm_perception.ros.visualization import annotate, label_colour
 from vlm_perception.shapes.drift import DriftingScene
 
@@ -85,9 +85,19 @@ def test_periodic_is_due_first_then_every_period() -> None:
 
 def test_image_age_and_limit() -> None:
     assert image_age(3_500_000_000, 1_000_000_000) == pytest.approx(2.5)
-    assert too_old(2.5, 1.0)
-    assert not too_old(0.5, 1.0)
-    assert not too_old(1e9, 0.0)  # 0 = any age
+    second = 1_000_000_000
+    assert age_verdict(10 * second, 7 * second, 1.0) == 'stale'
+    assert age_verdict(10 * second, 9.5 * second, 1.0) == ''
+    assert age_verdict(10 * second, 0, 0.0) == ''  # 0 = any age
+    assert age_verdict(10 * second, 10.4 * second, 1.0) == ''  # clocks differ a little
+    assert age_verdict(10 * second, 11 * second, 1.0) == 'future'
+    assert age_verdict(10 * second, 11 * second, 3600.0) == 'future'  # fails every limit
+    assert age_verdict(10 * second, 11 * second, 0.0) == ''
+    assert age_verdict(0, 5 * second, 1.0) == ''  # sim time before /clock: not checked
+    assert check_max_age(0.0) == 0.0 and check_max_age(2.5) == 2.5
+    for bad in (-1.0, float('nan'), float('inf'), float('-inf')):
+        with pytest.raises(InputError, match='max_age'):
+            check_max_age(bad)
 
 
 @pytest.mark.parametrize('height, width', [(0, 10), (10, 0), (9000, 10), (7000, 7000)])

@@ -85,8 +85,8 @@ from vlm_perception.core.summary import summarize
 from vlm_perception.core.types import Detection, SceneDescription
 from vlm_perception.ros import conversions, parameters
 from vlm_perception.ros.diagnostics import PerceptionStats, Throttle
-from vlm_perception.ros.stream import (image_age, LatestSlot, Periodic, RateLimiter, SourceFrame,
-                                       too_old)
+from vlm_perception.ros.stream import (age_verdict, check_max_age, image_age, LatestSlot,
+                                       Periodic, RateLimiter, SourceFrame)
 from vlm_perception.ros.visualization import annotate
 
 try:
@@ -99,7 +99,7 @@ DEPTH_SETTINGS = ('depth_scale', 'min_depth', 'max_depth', 'depth_slop', 'target
                   'tf_timeout')
 ADDED_LATENCY_ENV = 'VLM_PERCEPTION_ADDED_LATENCY'
 THROTTLE_S = 5.0
-EXECUTOR_THREADS = 5  # the four callback groups of the node and its default group
+EXECUTOR_THREADS = 6  # the node's four callback groups, its default one and tf2's listener
 DEPTH_SPAN_S, DEPTH_IMAGES = 1.0, 30   # depth images kept for pairing
 MIN_MARKER_LIFETIME_S = 0.5
 _PARAMETER_TYPES = {'string': ParameterType.PARAMETER_STRING,
@@ -149,6 +149,7 @@ class PerceptionNode(Node):
         self._warnings = Throttle(THROTTLE_S)
         self._added_latency = float(os.environ.get(ADDED_LATENCY_ENV, '0') or 0)
         self._stopping = threading.Event()
+        self._wakeup = threading.Event()  # the stream's rate wait ends early: stop, new max_rate
         self._slot: LatestSlot[SourceFrame] = LatestSlot()
         self._latest: Optional[SourceFrame] = None
         self._latest_paired: Optional[SourceFrame] = None  # the newest with a depth image
@@ -166,7 +167,9 @@ class PerceptionNode(Node):
         self._last_processed: Optional[float] = None
         self._marker_lifetime = MIN_MARKER_LIFETIME_S
         self._tf_buffer = tf2_ros.Buffer() if tf2_ros is not None else None
-        self._tf_listener = (tf2_ros.TransformListener(self._tf_buffer, self, spin_thread=True)
+        # on this node's executor: a thread of its own would spin the node in a second
+        # executor, which rclpy refuses, and leaves a thread behind at exit (geometry2 #930)
+        self._tf_listener = (tf2_ros.TransformListener(self._tf_buffer, self)
                              if tf2_ros is not None else None)
         labels = self._value('labels') if self._is_set('labels') else None
         self._engine = PerceptionEngine(EngineConfig(
@@ -210,6 +213,10 @@ class PerceptionNode(Node):
         self.create_service(srv.SetLabels, 'set_labels', self._on_set_labels,
                             callback_group=control_group)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=control_group)
+        # rclpy >= Iron can rewrite a change before it is stored; elsewhere unclean is refused
+        self._cleans_parameters = hasattr(self, 'add_pre_set_parameters_callback')
+        if self._cleans_parameters:
+            self.add_pre_set_parameters_callback(self._clean_parameters)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # --- start and stop ---------------------------------------------------------------------
@@ -238,6 +245,7 @@ class PerceptionNode(Node):
     def stop(self) -> None:
         """Let a waiting stream callback return at once (before the executor shuts down)."""
         self._stopping.set()
+        self._wakeup.set()
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -284,8 +292,9 @@ class PerceptionNode(Node):
 
         with_depth prefers the newest frame that has a depth image, when the latest has none
         (yet, or lost in transport) and that one is young enough and within the depth images
-        kept (DEPTH_SPAN_S of the latest).
+        kept (DEPTH_SPAN_S of the latest). InputError for an unusable max_age.
         """
+        check_max_age(max_age)
         with self._latest_lock:
             frame, paired = self._latest, self._latest_paired
         if frame is None:
@@ -293,13 +302,26 @@ class PerceptionNode(Node):
         now = self.get_clock().now().nanoseconds
         if with_depth and paired is not None and paired is not frame \
                 and abs(frame.stamp_ns - paired.stamp_ns) <= DEPTH_SPAN_S * 1e9 \
-                and not too_old(image_age(now, paired.stamp_ns), max_age):
+                and not age_verdict(now, paired.stamp_ns, max_age):
             frame = paired
         age = image_age(now, frame.stamp_ns)
-        if too_old(age, max_age):
+        verdict = age_verdict(now, frame.stamp_ns, max_age)
+        if verdict == 'future':
+            self._count_future(age)
+            raise FrameUnavailable(f'stale: the latest image is stamped {-age:.2f} s ahead of '
+                                   "this node's clock (future stamp), so no age limit holds")
+        if verdict:
             raise FrameUnavailable(f'stale: the latest image is {age:.2f} s old, more than '
                                    f'{max_age:g} s')
         return frame, age
+
+    def _count_future(self, age: float) -> None:
+        """Count and warn (once per THROTTLE_S) about an image stamped ahead of the clock."""
+        self.stats.record_drop('future stamp')
+        if self._warnings.allow('future stamp'):
+            self.get_logger().warning(
+                f'future stamp: an image is stamped {-age:.2f} s ahead of the node clock '
+                '(camera and node clocks differ?); it fails every non-zero age limit')
 
     def _mark_paired(self, frame: Optional[SourceFrame], depth_stamp_ns: int) -> None:
         """Remember frame as the newest with a depth image, if depth_stamp_ns pairs with it."""
@@ -423,9 +445,11 @@ class PerceptionNode(Node):
     def _process(self) -> None:
         """Run the stream's capabilities on the newest frame (stream callback group)."""
         with self._guarded('stream'):
-            delay = self._rate.wait_time()
-            if delay > 0 and self._stopping.wait(delay):
-                return
+            while (delay := self._rate.wait_time()) > 0:
+                self._wakeup.wait(delay)
+                self._wakeup.clear()
+                if self._stopping.is_set():
+                    return
             frame = self._slot.take()
             if frame is None:
                 return
@@ -436,8 +460,13 @@ class PerceptionNode(Node):
                     self._wake.trigger()
 
     def _run_stream(self, frame: SourceFrame) -> None:
-        age = image_age(self.get_clock().now().nanoseconds, frame.stamp_ns)
-        if too_old(age, self._max_image_age):
+        now = self.get_clock().now().nanoseconds
+        age = image_age(now, frame.stamp_ns)
+        verdict = age_verdict(now, frame.stamp_ns, self._max_image_age)
+        if verdict == 'future':
+            self._count_future(age)
+            return
+        if verdict:
             self.stats.record_drop('stale')
             self.get_logger().warning(
                 f'skipping an image {age:.2f} s old (max_image_age {self._max_image_age:g} s)',
@@ -501,23 +530,32 @@ class PerceptionNode(Node):
     # --- questions, queries, labels -----------------------------------------------------------
 
     def _on_question(self, question: msg.Question) -> None:
+        """Publish one Answer per Question: the answer, or success false with why."""
+        reply = None
         with self._guarded('question'):
-            header = None
-            try:
-                text = clean_text(question.question, 'question')
-                frame, _ = self._frame_for(self._max_image_age)
-                header = frame.header
-                answer = self._timed('vqa', self._engine.answer,
-                                     frame.engine_frame(self._engine.frame), text)
-                reply = conversions.answer_to_msg(question.id, question.question, header, answer)
-            except InputError as error:
-                self._reject('question', error)
-                reply = conversions.answer_to_msg(question.id, question.question, header,
-                                                  error=str(error))
-            except (FrameUnavailable, ModelLoadError) as error:
-                reply = conversions.answer_to_msg(question.id, question.question, header,
-                                                  error=str(error))
+            reply = self._answer(question)
+        if reply is None:  # an unexpected failure, logged and counted by _guarded
+            reply = conversions.answer_to_msg(question.id, question.question, None,
+                                              error='internal error (see the node log)')
+        with self._guarded('answers'):
             self._answers_pub.publish(reply)
+
+    def _answer(self, question: msg.Question) -> msg.Answer:
+        header = None
+        try:
+            text = clean_text(question.question, 'question')
+            frame, _ = self._frame_for(self._max_image_age)
+            header = frame.header
+            answer = self._timed('vqa', self._engine.answer,
+                                 frame.engine_frame(self._engine.frame), text)
+            return conversions.answer_to_msg(question.id, question.question, header, answer)
+        except InputError as error:
+            self._reject('question', error)
+            return conversions.answer_to_msg(question.id, question.question, header,
+                                             error=str(error))
+        except (FrameUnavailable, ModelLoadError) as error:
+            return conversions.answer_to_msg(question.id, question.question, header,
+                                             error=str(error))
 
     def _serve(self, what: str, answer: Callable[[Any, Any], None], request: Any,
                response: Any) -> Any:
@@ -602,9 +640,28 @@ class PerceptionNode(Node):
 
     # --- parameters and diagnostics -----------------------------------------------------------
 
+    def _clean_parameters(self, changes: list[Parameter]) -> list[Parameter]:
+        """Store labels cleaned (as the engine holds them); bad lists are refused later."""
+        cleaned = []
+        for change in changes:
+            if change.name == 'labels' and change.type_ == Parameter.Type.STRING_ARRAY:
+                try:
+                    change = Parameter('labels', Parameter.Type.STRING_ARRAY,
+                                       clean_labels(change.value))
+                except InputError:
+                    pass
+            cleaned.append(change)
+        return cleaned
+
     def _on_set_parameters(self, changes: list[Parameter]) -> SetParametersResult:
         for change in changes:
+            if not change.name:
+                return SetParametersResult(successful=False, reason='empty parameter name')
             reason = parameters.check(change.name, change.value)
+            if (not reason and change.name == 'labels' and not self._cleans_parameters
+                    and list(change.value) != clean_labels(change.value)):
+                reason = (f'labels must be clean (stripped, no empty or repeated ones): '
+                          f'{clean_labels(change.value)}')
             if change.name == 'target_frame' and not reason:
                 reason = _tf_unavailable(change.value)
             if reason:
@@ -632,6 +689,7 @@ class PerceptionNode(Node):
                 self._scene_due.period = change.value
             elif change.name == 'max_rate':
                 self._rate.max_rate = change.value
+                self._wakeup.set()  # a stream waiting out the old rate goes on at once
             elif change.name == 'max_image_age':
                 self._max_image_age = change.value
             elif change.name in self._depth:
@@ -642,7 +700,8 @@ class PerceptionNode(Node):
         with self._guarded('diagnostics'):
             self._diagnostics_pub.publish(conversions.diagnostic_array(
                 self.stats.report(), self.get_clock().now().to_msg(),
-                f'{self.get_name()}: perception', self.stats.device or 'unknown'))
+                f'{self.get_fully_qualified_name()}: perception',
+                self.stats.device or 'unknown'))
 
 
 def _tf_unavailable(target_frame: str) -> Optional[str]:

@@ -12,6 +12,7 @@ from vlm_perception.core.engine import CAPABILITIES, clean_labels
 from vlm_perception.core.errors import InputError
 
 RELIABILITIES = ('best_effort', 'reliable')
+MIN_RATE = 0.01  # Hz: slower would wait hours, and 1 / rate overflows near 1e-10
 
 Value = Union[str, bool, float, list[str]]
 
@@ -64,8 +65,8 @@ SPECS: tuple[ParameterSpec, ...] = (
                   'Seconds between caption and tags refreshes (scene, scene_text); '
                   '0 = on every processed frame.', limits=(0.0, 3600.0)),
     ParameterSpec('max_rate', 'double', 0.0,
-                  'Most processed frames per second; 0 = as fast as frames and models allow.',
-                  limits=(0.0, 1000.0)),
+                  'Most processed frames per second, 0.01 to 1000; 0 = as fast as frames and '
+                  'models allow.', limits=(0.0, 1000.0)),
     ParameterSpec('max_image_age', 'double', 0.0,
                   'Skip frames older than this many seconds (now - header.stamp); 0 = any age.',
                   limits=(0.0, 3600.0)),
@@ -121,6 +122,8 @@ def check(name: str, value: Value) -> Optional[str]:
             return f'{name}: unknown value {unknown[0]!r}, expected one of {expected}'
         if len(set(values)) != len(values):
             return f'{name}: repeated values in {list(values)!r}'
+    if name == 'max_rate' and 0 < value < MIN_RATE:
+        return f'max_rate must be 0 (no limit) or within [{MIN_RATE:g}, 1000], got {value!r}'
     if name == 'target_frame' and value != value.strip('/ '):
         return f'target_frame: no leading or trailing slash or space, got {value!r}'
     if name == 'labels':

@@ -1,6 +1,7 @@
 """Frame flow of the node without ROS: newest-frame slot, rate limit and image age."""
 
 from dataclasses import dataclass, field
+import math
 import threading
 import time
 from typing import Any, Callable, Generic, Optional, TypeVar
@@ -8,10 +9,10 @@ from typing import Any, Callable, Generic, Optional, TypeVar
 import numpy as np
 
 from vlm_perception.core.errors import InputError
+from vlm_perception.core.image import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE  # one place for the caps
 
 Item = TypeVar('Item')
-MAX_IMAGE_SIDE = 8192
-MAX_IMAGE_PIXELS = 40_000_000
+FUTURE_TOLERANCE_S = 0.5  # clocks of camera and node may differ this much
 
 
 class LatestSlot(Generic[Item]):
@@ -92,9 +93,28 @@ def image_age(now_ns: int, stamp_ns: int) -> float:
     return (now_ns - stamp_ns) / 1e9
 
 
-def too_old(age: float, max_age: float) -> bool:
-    """Whether an image of this age fails a max_age limit (0 = any age is fine)."""
-    return max_age > 0 and age > max_age
+def age_verdict(now_ns: int, stamp_ns: int, max_age: float) -> str:
+    """
+    Return '' when an image stamped stamp_ns passes a max_age limit at now_ns, else why not.
+
+    'stale' when older than max_age; 'future' when stamped more than FUTURE_TOLERANCE_S ahead
+    of the clock (such an image fails every limit). max_age 0 = any age; while the clock reads
+    0 (sim time before /clock) ages are not checked.
+    """
+    if max_age == 0 or now_ns == 0:
+        return ''
+    age = image_age(now_ns, stamp_ns)
+    if age < -FUTURE_TOLERANCE_S:
+        return 'future'
+    return 'stale' if age > max_age else ''
+
+
+def check_max_age(max_age: float) -> float:
+    """Return a request's max_age, or InputError unless it is finite and not negative."""
+    if not math.isfinite(max_age) or max_age < 0:
+        raise InputError(f'max_age must be a finite number of seconds >= 0 (0 = any age), '
+                         f'got {max_age!r}')
+    return max_age
 
 
 @dataclass
