@@ -108,8 +108,10 @@ def test_core_placement_on_the_depth_finds_the_ground_truth() -> None:
             placed = place(replace(truth, position=None, size=None), depth, camera, width,
                            height, 0.1, BACKGROUND_DEPTH_M - 0.5)
             assert placed is not None, (seed, width, truth)
-            assert placed.position == pytest.approx(truth.position, abs=2e-3), (seed, truth)
-            assert placed.size[:2] == pytest.approx(truth.size[:2], abs=2e-3), (seed, truth)
+            # within about a pixel: the depth mask may miss a row of pixel centres at a tip
+            pixel = truth.position[2] / scene.k[0]
+            assert placed.position == pytest.approx(truth.position, abs=pixel), (seed, truth)
+            assert placed.size[:2] == pytest.approx(truth.size[:2], abs=1.5 * pixel), truth
 
 
 def test_depth_covers_the_drawn_shape_up_to_its_antialiased_edge() -> None:

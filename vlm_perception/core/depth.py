@@ -27,6 +27,9 @@ DEPTH_ENCODINGS = {'16UC1': np.dtype('u2'), 'mono16': np.dtype('u2'), '32FC1': n
 INNER_FRACTION = 0.5       # the central half of a box (each way) gives an object's depth
 MIN_VALID_FRACTION = 0.1   # of that inner part, with at least one pixel
 SPREAD_PERCENTILES = (10.0, 90.0)
+# A box's pixels within this fraction of the object's width of its depth are the object.
+OBJECT_BAND_FRACTION, MIN_OBJECT_BAND_M = 0.5, 0.02
+SEARCH_MARGIN = 0.1  # of the box's size on each side: a tight box may cut the object
 
 Item = TypeVar('Item')
 
@@ -152,48 +155,63 @@ def place(detection: Detection, depth: DepthImage, camera: PinholeCamera, image_
     The depth image may have another resolution with the same field of view; camera is the
     colour image's. The object's depth is the median of the valid depths (finite, within
     min_depth..max_depth) in the central half of its box; None when too few are valid, never
-    a made-up point. Its size: x and y from the box at that depth, z the 10th-90th percentile
-    spread of the box's valid depths within one object width of the median (so background seen
-    around a round object does not count).
+    a made-up point. The object itself is the box's pixels within half its width of that depth
+    (so background seen around a round object, or beside it in a loose box, does not count);
+    searched a little beyond the box (SEARCH_MARGIN), since a tight box may cut the object:
+    its centre and its size x, y come from their extent at that depth, size z is the
+    10th-90th percentile spread of their depths.
     """
     scale_x, scale_y = depth.shape[1] / image_width, depth.shape[0] / image_height
     x0, y0, x1, y1 = detection.box
-    inner = _valid(_window(depth, x0, y0, x1, y1, scale_x, scale_y, INNER_FRACTION),
+    inner = _valid(_window(depth, x0, y0, x1, y1, scale_x, scale_y, INNER_FRACTION)[0],
                    min_depth, max_depth)
-    needed = max(1, MIN_VALID_FRACTION * inner.size)
     valid = inner[np.isfinite(inner)]
-    if valid.size < needed:
+    if valid.size < max(1, MIN_VALID_FRACTION * inner.size):
         return None
     z = float(np.median(valid))
     camera = camera.for_image(image_width, image_height)
-    centre_x, centre_y = detection.center_x, detection.center_y
-    rays = camera.rays(np.array([centre_x, x0, x1, centre_x, centre_x]),
-                       np.array([centre_y, centre_y, centre_y, y0, y1]))  # centre, edges
-    width_m = float(rays[2, 0] - rays[1, 0]) * z
-    height_m = float(rays[4, 1] - rays[3, 1]) * z
-    box = _valid(_window(depth, x0, y0, x1, y1, scale_x, scale_y, 1.0), min_depth, max_depth)
-    box = box[np.abs(box - z) <= max(width_m, height_m)]  # NaN compares false: dropped
-    low, high = np.percentile(box, SPREAD_PERCENTILES) if box.size else (z, z)
-    return Placement((float(rays[0, 0]) * z, float(rays[0, 1]) * z, z),
+    width_m, _ = _extent(camera, x0, y0, x1, y1, z)
+    depths, left, top = _window(depth, x0, y0, x1, y1, scale_x, scale_y, 1 + 2 * SEARCH_MARGIN)
+    depths = _valid(depths, min_depth, max_depth)
+    near = np.abs(depths - z) <= max(OBJECT_BAND_FRACTION * width_m, MIN_OBJECT_BAND_M)
+    if near.any():  # NaN compares false: invalid depths are never the object
+        (cols,), (rows,) = np.nonzero(near.any(axis=0)), np.nonzero(near.any(axis=1))
+        x0, x1 = (left + cols[0]) / scale_x, (left + cols[-1] + 1) / scale_x
+        y0, y1 = (top + rows[0]) / scale_y, (top + rows[-1] + 1) / scale_y
+        low, high = np.percentile(depths[near], SPREAD_PERCENTILES)
+    else:
+        low = high = z
+    width_m, height_m = _extent(camera, x0, y0, x1, y1, z)
+    (ray_x, ray_y), = camera.rays(np.array([(x0 + x1) / 2]), np.array([(y0 + y1) / 2]))
+    return Placement((float(ray_x) * z, float(ray_y) * z, z),
                      (width_m, height_m, float(high - low)))
 
 
+def _extent(camera: PinholeCamera, x0: float, y0: float, x1: float, y1: float,
+            z: float) -> tuple[float, float]:
+    """Return the metric width and height at depth z of a box (continuous image pixels)."""
+    centre_x, centre_y = (x0 + x1) / 2, (y0 + y1) / 2
+    rays = camera.rays(np.array([x0, x1, centre_x, centre_x]),
+                       np.array([centre_y, centre_y, y0, y1]))  # left, right, top, bottom
+    return float(rays[1, 0] - rays[0, 0]) * z, float(rays[3, 1] - rays[2, 1]) * z
+
+
 def _window(depth: DepthImage, x0: float, y0: float, x1: float, y1: float, scale_x: float,
-            scale_y: float, fraction: float) -> np.ndarray:
-    """Return the depths (metres) at pixels whose centres lie in the central fraction of a box."""
+            scale_y: float, fraction: float) -> tuple[np.ndarray, int, int]:
+    """Return the depths (m) of pixels centred in a box's central fraction; left col, top row."""
     margin_x, margin_y = (x1 - x0) * (1 - fraction) / 2, (y1 - y0) * (1 - fraction) / 2
     height, width = depth.shape
     left = min(max(int(math.ceil((x0 + margin_x) * scale_x - 0.5)), 0), width)
     right = min(max(int(math.floor((x1 - margin_x) * scale_x - 0.5)) + 1, left), width)
     top = min(max(int(math.ceil((y0 + margin_y) * scale_y - 0.5)), 0), height)
     bottom = min(max(int(math.floor((y1 - margin_y) * scale_y - 0.5)) + 1, top), height)
-    return depth.metres(top, bottom, left, right)
+    return depth.metres(top, bottom, left, right), left, top
 
 
 def _valid(depths: np.ndarray, min_depth: float, max_depth: float) -> np.ndarray:
-    """Return the depths, flat, with everything outside min_depth..max_depth (and 0) as NaN."""
+    """Return the depths with everything outside min_depth..max_depth (and 0) as NaN."""
     return np.where((depths > 0) & (depths >= min_depth) & (depths <= max_depth), depths,
-                    np.float32(np.nan)).ravel()
+                    np.float32(np.nan))
 
 
 def place_all(detections: Sequence[Detection], depth: Optional[DepthImage],
