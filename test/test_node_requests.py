@@ -1,0 +1,96 @@
+"""
+Requests under load: every Question and every query gets its reply, and neither starves the other.
+
+The node runs on the tiny models; the test floods it as a busy planner (or a hostile peer) would.
+"""
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.ros
+
+rclpy = pytest.importorskip('rclpy')
+pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make build)')
+
+from node_harness import frame, image_publisher, ros_node, spin_until  # noqa: E402,I100
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+
+from vlm_perception import msg, srv  # noqa: E402
+
+KEEP_ALL = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+
+
+@pytest.fixture(scope='module')
+def perception(tiny_preset):
+    """Start perception_node on the tiny preset; stop it and check a clean exit."""
+    node = ros_node('vlm_perception.ros.node', [
+        '-p', f'preset:={tiny_preset}', '-p', 'capabilities:=[detect, vqa]',
+        '-p', 'warmup:=false'])
+    yield node
+    node.stop_cleanly()
+
+
+@pytest.fixture(scope='module')
+def ros(perception):
+    """Return this test's node once the perception node answers a query about a frame."""
+    perception.require_ready()
+    rclpy.init()
+    node = rclpy.create_node('node_requests_test')
+    client = node.create_client(srv.QueryScene, 'query')
+    assert client.wait_for_service(timeout_sec=30.0), perception.output()
+    publisher = image_publisher(node)
+    for sec in range(1, 100):
+        publisher.publish(frame(sec))
+        future = client.call_async(srv.QueryScene.Request())
+        rclpy.spin_until_future_complete(node, future, timeout_sec=10.0)
+        if future.done() and future.result().success:
+            break
+    node.destroy_client(client)
+    yield node
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+def flood_questions(node, count: int, prefix: str) -> tuple[list, dict]:
+    """Publish count Questions at once (reliable, keep all); return the publisher and answers."""
+    answers: dict[str, list] = {}
+    node.create_subscription(msg.Answer, 'answers',
+                             lambda a: answers.setdefault(a.id, []).append(
+                                 (time.monotonic(), a)), KEEP_ALL)
+    publisher = node.create_publisher(msg.Question, 'questions', KEEP_ALL)
+    assert spin_until(node, lambda: publisher.get_subscription_count() > 0, timeout=10.0)
+    for index in range(count):
+        publisher.publish(msg.Question(id=f'{prefix}-{index}', question='what is this?'))
+    return publisher, answers
+
+
+def test_a_burst_of_100_questions_gets_100_answers(ros) -> None:
+    _, answers = flood_questions(ros, 100, 'burst')
+    assert spin_until(ros, lambda: len(answers) == 100, timeout=60.0), len(answers)
+    assert all(len(replies) == 1 for replies in answers.values())  # one Answer per Question
+    assert all(replies[0][1].success for replies in answers.values())
+
+
+def test_20_concurrent_queries_all_get_replies(ros) -> None:
+    client = ros.create_client(srv.QueryScene, 'query')
+    assert client.wait_for_service(timeout_sec=10.0)
+    futures = [client.call_async(srv.QueryScene.Request(question='what is this?'))
+               for _ in range(20)]
+    assert spin_until(ros, lambda: all(f.done() for f in futures), timeout=60.0), \
+        sum(f.done() for f in futures)
+    assert all(f.result().success for f in futures), [f.result().message for f in futures]
+
+
+def test_a_question_flood_does_not_starve_a_query(ros) -> None:
+    _, answers = flood_questions(ros, 100, 'flood')
+    assert spin_until(ros, lambda: answers, timeout=20.0)  # the flood is being answered
+    client = ros.create_client(srv.QueryScene, 'query')
+    future = client.call_async(srv.QueryScene.Request(question='what is this?'))
+    sent = time.monotonic()
+    assert spin_until(ros, future.done, timeout=60.0)
+    replied = time.monotonic()
+    assert future.result().success, future.result().message
+    between = sum(1 for replies in answers.values() for at, _ in replies if sent < at < replied)
+    assert between <= 3, f'{between} questions answered while the query waited'
+    assert spin_until(ros, lambda: len(answers) == 100, timeout=60.0), len(answers)
