@@ -12,13 +12,12 @@ Efficiency: models load on first use (or in ``load``); label embeddings are cach
 text (TextEmbeddingCache); each model's image encoding of a frame is computed once and kept on the
 Frame, so several requests on one frame (configured and extra labels, several tag vocabularies,
 several questions, a caption) share it. Model calls run under ``torch.inference_mode`` and one
-lock, so the engine can be shared by threads.
+lock granted first come, first served (FairLock), so threads share the engine taking turns.
 """
 
 import contextlib
 import dataclasses
 import math
-import threading
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -28,6 +27,7 @@ from vlm_perception.core.device import resolve_device, resolve_dtype
 from vlm_perception.core.errors import InputError
 from vlm_perception.core.image import to_rgb
 from vlm_perception.core.presets import get_preset
+from vlm_perception.core.scheduling import FairLock
 from vlm_perception.core.summary import summarize
 from vlm_perception.core.types import Answer, Detection, LabelScore, SceneDescription
 
@@ -150,7 +150,7 @@ class PerceptionEngine:
             self.preset.detection_threshold if threshold is None else threshold)
         self._backends: dict[str, Any] = {}
         self._text_cache = TextEmbeddingCache()
-        self._lock = threading.RLock()
+        self._lock = FairLock()  # requests and the stream take turns
 
     # --- vocabulary ---------------------------------------------------------------------------
 

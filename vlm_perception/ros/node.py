@@ -42,7 +42,8 @@ Services:
 
 Parameters (declared in vlm_perception.ros.parameters, defaults in config/params.yaml):
     preset, detector_model, classifier_model, vqa_model, caption_model, device, dtype, compressed,
-    image_reliability, warmup, use_depth (read-only); capabilities, labels, detection_threshold,
+    image_reliability, warmup, use_depth, max_pending_queries, max_pending_questions
+    (read-only); capabilities, labels, detection_threshold,
     scene_period, max_rate, max_image_age, depth_scale, min_depth, max_depth, depth_slop,
     target_frame, tf_timeout (settable at run time; bad values are rejected).
 
@@ -53,6 +54,7 @@ Environment:
 
 from contextlib import contextmanager
 import os
+import queue
 import signal
 import sys
 import threading
@@ -61,8 +63,8 @@ from typing import Any, Callable, Iterator, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point, PointStamped
-from rcl_interfaces.msg import (FloatingPointRange, ParameterDescriptor, ParameterType,
-                                SetParametersResult)
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                ParameterType, SetParametersResult)
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
@@ -102,8 +104,10 @@ THROTTLE_S = 5.0
 EXECUTOR_THREADS = 6  # the node's four callback groups, its default one and tf2's listener
 DEPTH_SPAN_S, DEPTH_IMAGES = 1.0, 30   # depth images kept for pairing
 MIN_MARKER_LIFETIME_S = 0.5
+STOP_JOIN_S = 2.0  # the question thread finishes the question in hand, at most this long
 _PARAMETER_TYPES = {'string': ParameterType.PARAMETER_STRING,
                     'bool': ParameterType.PARAMETER_BOOL,
+                    'integer': ParameterType.PARAMETER_INTEGER,
                     'double': ParameterType.PARAMETER_DOUBLE,
                     'string_array': ParameterType.PARAMETER_STRING_ARRAY}
 
@@ -120,7 +124,10 @@ def descriptor(spec: parameters.ParameterSpec) -> ParameterDescriptor:
     """Return the ParameterDescriptor of a parameter spec."""
     result = ParameterDescriptor(name=spec.name, type=_PARAMETER_TYPES[spec.kind],
                                  description=spec.description, read_only=spec.read_only)
-    if spec.limits is not None:
+    if spec.limits is not None and spec.kind == 'integer':
+        result.integer_range = [IntegerRange(from_value=spec.limits[0], to_value=spec.limits[1],
+                                             step=1)]
+    elif spec.limits is not None:
         result.floating_point_range = [FloatingPointRange(
             from_value=spec.limits[0], to_value=spec.limits[1], step=0.0)]
     if spec.choices:
@@ -184,7 +191,8 @@ class PerceptionNode(Node):
         # the engine, never the image callback; set_labels and diagnostics wait for neither.
         input_group = MutuallyExclusiveCallbackGroup()    # image callback: keeps the newest frame
         stream_group = MutuallyExclusiveCallbackGroup()   # inference on the stream
-        request_group = MutuallyExclusiveCallbackGroup()  # queries and questions (use the engine)
+        request_group = MutuallyExclusiveCallbackGroup()  # query and locate (use the engine)
+        question_group = MutuallyExclusiveCallbackGroup()  # questions: only queued here
         control_group = MutuallyExclusiveCallbackGroup()  # set_labels, diagnostics
         self._wake = self.create_guard_condition(self._process, stream_group)
 
@@ -199,17 +207,27 @@ class PerceptionNode(Node):
         self._scene_pub = self.create_publisher(msg.SceneDescription, 'scene', QoSProfile(
             depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self._scene_text_pub = self.create_publisher(String, 'scene_text', 10)
-        self._answers_pub = self.create_publisher(msg.Answer, 'answers', 10)
+        self._answers_pub = self.create_publisher(
+            msg.Answer, 'answers', QoSProfile(depth=self._value('max_pending_questions')))
         self._annotated_pub = self.create_publisher(Image, 'image_annotated', 1)
         self._markers_pub = self.create_publisher(MarkerArray, 'markers', 10)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
 
         self._subscribe_images(input_group)
-        self.create_subscription(msg.Question, 'questions', self._on_question, 10,
-                                 callback_group=request_group)
-        self.create_service(srv.QueryScene, 'query', self._on_query,
+        # Questions are queued by their callback and answered by a thread of their own, so a
+        # flood neither waits in DDS (where overflow is lost unanswered) nor blocks queries.
+        pending_questions = self._value('max_pending_questions')
+        self._questions: queue.Queue[Optional[msg.Question]] = queue.Queue(pending_questions)
+        self._question_worker = threading.Thread(target=self._answer_questions,
+                                                 name='questions', daemon=True)
+        self.create_subscription(msg.Question, 'questions', self._on_question,
+                                 QoSProfile(depth=pending_questions),
+                                 callback_group=question_group)
+        requests = QoSProfile(depth=self._value('max_pending_queries'))
+        self.create_service(srv.QueryScene, 'query', self._on_query, qos_profile=requests,
                             callback_group=request_group)
-        self.create_service(srv.Locate, 'locate', self._on_locate, callback_group=request_group)
+        self.create_service(srv.Locate, 'locate', self._on_locate, qos_profile=requests,
+                            callback_group=request_group)
         self.create_service(srv.SetLabels, 'set_labels', self._on_set_labels,
                             callback_group=control_group)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=control_group)
@@ -242,10 +260,20 @@ class PerceptionNode(Node):
         self.get_logger().info(f'ready on {self._engine.device} ({loaded}); '
                                f'labels: {", ".join(self._engine.labels)}')
 
+    def start(self) -> None:
+        """Start answering questions (after the models are loaded)."""
+        self._question_worker.start()
+
     def stop(self) -> None:
         """Let a waiting stream callback return at once (before the executor shuts down)."""
         self._stopping.set()
         self._wakeup.set()
+        if self._question_worker.is_alive():
+            try:
+                self._questions.put_nowait(None)  # the worker's signal to end
+            except queue.Full:
+                pass  # it sees _stopping after the question in hand
+            self._question_worker.join(timeout=STOP_JOIN_S)
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -530,13 +558,32 @@ class PerceptionNode(Node):
     # --- questions, queries, labels -----------------------------------------------------------
 
     def _on_question(self, question: msg.Question) -> None:
-        """Publish one Answer per Question: the answer, or success false with why."""
-        reply = None
+        """Queue a Question for the question thread; answer busy at once when the queue is full."""
         with self._guarded('question'):
-            reply = self._answer(question)
-        if reply is None:  # an unexpected failure, logged and counted by _guarded
-            reply = conversions.answer_to_msg(question.id, question.question, None,
-                                              error='internal error (see the node log)')
+            try:
+                self._questions.put_nowait(question)
+            except queue.Full:
+                self._reject('busy', f'{self._questions.maxsize} questions pending')
+                self._publish_answer(conversions.answer_to_msg(
+                    question.id, question.question, None,
+                    error=f'busy: {self._questions.maxsize} questions pending '
+                          '(max_pending_questions); ask again later'))
+
+    def _answer_questions(self) -> None:
+        """Publish one Answer per queued Question: the answer, or success false with why."""
+        while not self._stopping.is_set():
+            question = self._questions.get()
+            if question is None or self._stopping.is_set():
+                return
+            reply = None
+            with self._guarded('question'):
+                reply = self._answer(question)
+            if reply is None:  # an unexpected failure, logged and counted by _guarded
+                reply = conversions.answer_to_msg(question.id, question.question, None,
+                                                  error='internal error (see the node log)')
+            self._publish_answer(reply)
+
+    def _publish_answer(self, reply: msg.Answer) -> None:
         with self._guarded('answers'):
             self._answers_pub.publish(reply)
 
@@ -727,6 +774,7 @@ def main(args: Optional[list[str]] = None) -> int:
     try:
         node = PerceptionNode()
         node.load_models()
+        node.start()
         executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
         executor.add_node(node)
         executor.spin()

@@ -14,7 +14,7 @@ from vlm_perception.core.errors import InputError
 RELIABILITIES = ('best_effort', 'reliable')
 MIN_RATE = 0.01  # Hz: slower would wait hours, and 1 / rate overflows near 1e-10
 
-Value = Union[str, bool, float, list[str]]
+Value = Union[str, bool, int, float, list[str]]
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class ParameterSpec:
     """One parameter; default None means declared without a value (filled in by the node)."""
 
     name: str
-    kind: str  # 'string', 'bool', 'double' or 'string_array'
+    kind: str  # 'string', 'bool', 'integer', 'double' or 'string_array'
     default: Optional[Value]
     description: str
     limits: Optional[tuple[float, float]] = None
@@ -78,6 +78,14 @@ SPECS: tuple[ParameterSpec, ...] = (
                   choices=RELIABILITIES, read_only=True),
     ParameterSpec('warmup', 'bool', True,
                   'Run each loaded model once at start so the first frame is not slow.',
+                  read_only=True),
+    ParameterSpec('max_pending_queries', 'integer', 32,
+                  'Requests (query, locate) waiting for the engine at most: the queue depth of '
+                  'the services. A client that sends more waits or loses the rest (QoS).',
+                  limits=(1, 1000), read_only=True),
+    ParameterSpec('max_pending_questions', 'integer', 100,
+                  'Questions waiting to be answered at most (and the questions subscription '
+                  'depth); more get an Answer starting busy:.', limits=(1, 10000),
                   read_only=True),
     ParameterSpec('use_depth', 'bool', False,
                   'Subscribe depth (16UC1 or 32FC1, registered to the image) and camera_info, and '
