@@ -94,3 +94,32 @@ def test_a_question_flood_does_not_starve_a_query(ros) -> None:
     between = sum(1 for replies in answers.values() for at, _ in replies if sent < at < replied)
     assert between <= 3, f'{between} questions answered while the query waited'
     assert spin_until(ros, lambda: len(answers) == 100, timeout=60.0), len(answers)
+
+
+def test_questions_beyond_the_queue_are_answered_busy(ros, tiny_preset) -> None:
+    small = ros_node('vlm_perception.ros.node', [
+        '-r', '__ns:=/small_queue', '-p', f'preset:={tiny_preset}',
+        '-p', 'capabilities:=[vqa]', '-p', 'warmup:=false', '-p', 'max_pending_questions:=3'])
+    try:
+        small.require_ready()
+        answers: dict[str, msg.Answer] = {}
+        ros.create_subscription(msg.Answer, '/small_queue/answers',
+                                lambda a: answers.setdefault(a.id, a), KEEP_ALL)
+        publisher = ros.create_publisher(msg.Question, '/small_queue/questions', KEEP_ALL)
+        images = image_publisher(ros, '/small_queue/image')
+        assert spin_until(ros, lambda: publisher.get_subscription_count() > 0, timeout=10.0)
+        for sec in range(1, 100):  # until answers take the model's time, not fail at once
+            images.publish(frame(sec))
+            publisher.publish(msg.Question(id=f'probe-{sec}', question='what is this?'))
+            if spin_until(ros, lambda: answers.get(f'probe-{sec}'), timeout=5.0) \
+                    and answers[f'probe-{sec}'].success:
+                break
+        answers.clear()
+        for index in range(25):  # within the subscription's 10 x 3, beyond the queue's 3
+            publisher.publish(msg.Question(id=f'small-{index}', question='what is this?'))
+        assert spin_until(ros, lambda: len(answers) == 25, timeout=60.0), len(answers)
+        busy = [a for a in answers.values() if a.error.startswith('busy:')]
+        assert busy and all(not a.success for a in busy)
+        assert 'max_pending_questions' in busy[0].error
+    finally:
+        small.stop_cleanly()

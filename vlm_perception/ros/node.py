@@ -104,6 +104,7 @@ THROTTLE_S = 5.0
 EXECUTOR_THREADS = 6  # the node's four callback groups, its default one and tf2's listener
 DEPTH_SPAN_S, DEPTH_IMAGES = 1.0, 30   # depth images kept for pairing
 MIN_MARKER_LIFETIME_S = 0.5
+QUESTION_INTAKE_FACTOR = 10  # subscription depth per queued question
 STOP_JOIN_S = 2.0  # the question thread finishes the question in hand, at most this long
 _PARAMETER_TYPES = {'string': ParameterType.PARAMETER_STRING,
                     'bool': ParameterType.PARAMETER_BOOL,
@@ -208,7 +209,8 @@ class PerceptionNode(Node):
             depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self._scene_text_pub = self.create_publisher(String, 'scene_text', 10)
         self._answers_pub = self.create_publisher(
-            msg.Answer, 'answers', QoSProfile(depth=self._value('max_pending_questions')))
+            msg.Answer, 'answers',
+            QoSProfile(depth=QUESTION_INTAKE_FACTOR * self._value('max_pending_questions')))
         self._annotated_pub = self.create_publisher(Image, 'image_annotated', 1)
         self._markers_pub = self.create_publisher(MarkerArray, 'markers', 10)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
@@ -220,8 +222,10 @@ class PerceptionNode(Node):
         self._questions: queue.Queue[Optional[msg.Question]] = queue.Queue(pending_questions)
         self._question_worker = threading.Thread(target=self._answer_questions,
                                                  name='questions', daemon=True)
+        # DDS holds more than the queue, so that a burst reaches the callback and its overflow
+        # is answered busy rather than dropped unseen (Questions are small).
         self.create_subscription(msg.Question, 'questions', self._on_question,
-                                 QoSProfile(depth=pending_questions),
+                                 QoSProfile(depth=QUESTION_INTAKE_FACTOR * pending_questions),
                                  callback_group=question_group)
         requests = QoSProfile(depth=self._value('max_pending_queries'))
         self.create_service(srv.QueryScene, 'query', self._on_query, qos_profile=requests,

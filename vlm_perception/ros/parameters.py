@@ -84,8 +84,9 @@ SPECS: tuple[ParameterSpec, ...] = (
                   'the services. A client that sends more waits or loses the rest (QoS).',
                   limits=(1, 1000), read_only=True),
     ParameterSpec('max_pending_questions', 'integer', 100,
-                  'Questions waiting to be answered at most (and the questions subscription '
-                  'depth); more get an Answer starting busy:.', limits=(1, 10000),
+                  'Questions waiting to be answered at most; more get an Answer starting '
+                  'busy: (the subscription holds 10 times as many, so that a burst is seen).',
+                  limits=(1, 10000),
                   read_only=True),
     ParameterSpec('use_depth', 'bool', False,
                   'Subscribe depth (16UC1 or 32FC1, registered to the image) and camera_info, and '
