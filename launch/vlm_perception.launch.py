@@ -11,6 +11,16 @@ Model and stream settings live in params_file (config/params.yaml by default); o
 and use_depth have their own arguments. Everything runs in `namespace`; the image, depth and
 camera_info topics are remapped (camera_info defaults to the image topic's sibling, as
 image_transport pairs them).
+
+`enclave` (e.g. enclave:=/vlm_perception) starts perception_node and shapes_camera with
+`--ros-args --enclave <enclave>`, for SROS2 graphs that keep unknown peers out: with
+ROS_SECURITY_ENABLE=true and ROS_SECURITY_KEYSTORE holding that enclave's keys, the nodes join
+the secured graph; without security enabled the enclave is ignored. Only that pass-through is
+tested here, not a run with SROS2 keys.
+
+The node's model-loading progress bars are off (VLM_PERCEPTION_PROGRESS=0, see
+vlm_perception.core.loading): launch's pseudo-terminal has no width, so each bar would only be
+an empty log line. Export VLM_PERCEPTION_PROGRESS=1 before launching to get them anyway.
 """
 
 import posixpath
@@ -19,7 +29,8 @@ from ament_index_python.packages import get_package_prefix, PackageNotFoundError
 from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import (EnvironmentVariable, LaunchConfiguration,
+                                  PathJoinSubstitution)
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
@@ -37,7 +48,12 @@ ARGUMENTS = {
     'sim_camera': ('false', 'also start shapes_camera publishing on the image topic'),
     'rviz': ('false', 'also start rviz2 with the annotated image and markers'),
     'respawn': ('false', 'restart perception_node when it exits'),
+    'enclave': ('', 'SROS2 security enclave of perception_node and shapes_camera '
+                    '(--enclave); empty = none (untested here without SROS2 keys)'),
 }
+# Under launch the node's stderr is a pty (emulate_tty), so its own TTY test would keep the bars,
+# drawn 0 columns wide: empty lines. A value the user exported still wins.
+PROGRESS_ENV = 'VLM_PERCEPTION_PROGRESS'
 
 
 def _is_true(context: LaunchContext, name: str) -> bool:
@@ -53,6 +69,12 @@ def _camera_remappings(context: LaunchContext) -> list[tuple[str, str]]:
             ('camera_info', camera_info)]
 
 
+def _ros_arguments(context: LaunchContext) -> list[str] | None:
+    """Return the ROS arguments both nodes get: the security enclave, where one is given."""
+    enclave = LaunchConfiguration('enclave').perform(context).strip()
+    return ['--enclave', enclave] if enclave else None  # [] would add a bare --ros-args
+
+
 def _nodes(context: LaunchContext) -> list:
     parameters = [LaunchConfiguration('params_file')]
     preset = LaunchConfiguration('preset').perform(context)
@@ -63,13 +85,16 @@ def _nodes(context: LaunchContext) -> list:
         parameters.append({'use_depth': _is_true(context, 'use_depth')})
     remappings = _camera_remappings(context)
     namespace = LaunchConfiguration('namespace')
+    ros_arguments = _ros_arguments(context)
     return [
         Node(package=PACKAGE, executable='perception_node', name='vlm_perception',
              namespace=namespace, parameters=parameters, remappings=remappings,
-             respawn=_is_true(context, 'respawn'), respawn_delay=2.0, output='screen',
-             emulate_tty=True),
+             ros_arguments=ros_arguments, respawn=_is_true(context, 'respawn'),
+             respawn_delay=2.0, output='screen', emulate_tty=True,
+             additional_env={PROGRESS_ENV: EnvironmentVariable(PROGRESS_ENV,
+                                                               default_value='0')}),
         Node(package=PACKAGE, executable='shapes_camera', name='shapes_camera',
-             namespace=namespace, remappings=remappings,
+             namespace=namespace, remappings=remappings, ros_arguments=ros_arguments,
              condition=IfCondition(LaunchConfiguration('sim_camera')), output='screen'),
         *(_rviz(namespace) if _is_true(context, 'rviz') else []),
     ]

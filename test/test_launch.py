@@ -1,6 +1,7 @@
 """launch/vlm_perception.launch.py starts the node and the simulated camera (needs launch_ros)."""
 
 from pathlib import Path
+import re
 import sys
 
 import pytest
@@ -96,3 +97,57 @@ def test_rviz_without_rviz2_is_a_warning_not_a_failed_launch(tiny_preset) -> Non
     assert 'rviz2 is not installed' in process.output()
     status, output = process.stop_group()
     assert status == 0 and 'Traceback' not in output, output
+
+
+def command_line(process: ChildProcess, name: str) -> list[str]:
+    """Return the command line of the process launch names `name` (perception_node-1)."""
+    started = re.search(rf'\[{re.escape(name)}\]: process started with pid \[(\d+)\]',
+                        process.output())
+    assert started, process.output()
+    return Path(f'/proc/{started.group(1)}/cmdline').read_bytes().decode().split('\0')[:-1]
+
+
+def ros_argument(arguments: list[str], flag: str) -> str | None:
+    """Return the value given to a ROS argument flag after --ros-args, or None."""
+    if '--ros-args' not in arguments:
+        return None
+    ros_args = arguments[arguments.index('--ros-args'):]
+    return ros_args[ros_args.index(flag) + 1] if flag in ros_args[:-1] else None
+
+
+def test_enclave_reaches_both_nodes_which_run_without_security(
+        tiny_preset, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv('ROS_SECURITY_ENABLE', raising=False)  # the enclave is then ignored
+    process = launch(f'preset:={tiny_preset}', 'sim_camera:=true', 'namespace:=enclave_test',
+                     'enclave:=/vlm_perception')
+    rclpy.init()
+    node = rclpy.create_node('launch_enclave_probe')
+    try:
+        assert process.wait_for_output(']: ready on ', timeout=90.0), process.output()
+        for name in ('perception_node-1', 'shapes_camera-2'):
+            arguments = command_line(process, name)
+            assert ros_argument(arguments, '--enclave') == '/vlm_perception', arguments
+        summaries = []
+        node.create_subscription(String, '/enclave_test/scene_text', summaries.append, 10)
+        assert spin_until(node, lambda: summaries, timeout=60.0), process.output()
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+        status, output = process.stop_group()
+    assert status == 0 and 'Traceback' not in output, output
+
+
+def test_no_enclave_and_no_progress_bar_lines_by_default(
+        tiny_preset, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv('VLM_PERCEPTION_PROGRESS', raising=False)
+    process = launch(f'preset:={tiny_preset}', 'namespace:=quiet_test')
+    try:
+        assert process.wait_for_output(']: ready on ', timeout=90.0), process.output()
+        arguments = command_line(process, 'perception_node-1')
+    finally:
+        status, output = process.stop_group()
+    assert status == 0 and 'Traceback' not in output, output
+    assert '--enclave' not in arguments, arguments
+    # the node's stderr is a 0-column pty (emulate_tty): each bar would be an empty line
+    empty = [line for line in output.splitlines() if line.strip() == '[perception_node-1]']
+    assert not empty and 'Loading weights' not in output, output

@@ -11,6 +11,14 @@ A model id is one of:
 
 Every failure to load becomes a ``ModelLoadError`` whose one-line message names the model and
 says how to fetch it or where to point instead.
+
+Progress bars (the hub's download bars, transformers' "Loading weights") are shown during a load
+only where someone watches them: environment variable ``VLM_PERCEPTION_PROGRESS=1`` shows them,
+``0`` hides them, and unset (or empty) shows them only when stderr is a terminal, so that logs,
+pipes and tests get no bar lines. The launch file sets ``0`` (unless the variable is already set):
+``ros2 launch`` gives the node a pseudo-terminal (emulate_tty) of no width, where each bar is an
+empty ``[perception_node-1]`` line. ``HF_HUB_DISABLE_PROGRESS_BARS``, when set, is the hub's own
+switch and wins. The bar state found before a load is restored after it.
 """
 
 import contextlib
@@ -19,6 +27,7 @@ import json
 import logging
 import os
 from pathlib import Path
+import sys
 from typing import Any, Iterator
 
 from vlm_perception.core.errors import ModelLoadError
@@ -27,6 +36,7 @@ OPEN_CLIP_CONFIG = 'open_clip_config.json'
 OPEN_CLIP_WEIGHTS = 'open_clip_model.safetensors'
 OPEN_CLIP_TYPE = 'open_clip'
 HF_HUB_PREFIX = 'hf-hub:'
+PROGRESS_ENV = 'VLM_PERCEPTION_PROGRESS'
 
 
 def local_folder(model_id: str) -> Path | None:
@@ -83,11 +93,50 @@ def _is_offline() -> bool:
     return flag or constants.HF_HUB_OFFLINE
 
 
+def show_progress() -> bool:
+    """Whether loads show progress bars: ``VLM_PERCEPTION_PROGRESS``, else stderr is a TTY."""
+    value = os.environ.get(PROGRESS_ENV, '').strip().lower()
+    if value:
+        return value not in ('0', 'false', 'no', 'off')
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except ValueError:  # stderr closed
+        return False
+
+
 @contextlib.contextmanager
-def hf_load_errors(model_id: str, what: str) -> Iterator[None]:
-    """Turn the errors of a transformers / hub load into one ModelLoadError line."""
+def progress_bars() -> Iterator[None]:
+    """Show or hide the hub's and transformers' progress bars for one load (show_progress)."""
+    from huggingface_hub import constants
+    from huggingface_hub import utils as hub_utils
+
+    if constants.HF_HUB_DISABLE_PROGRESS_BARS is not None:  # the user's explicit choice
+        yield
+        return
+    # transformers keeps a flag of its own; only touch it once imported (not for open_clip)
+    hf_logging = sys.modules.get('transformers.utils.logging')
+    before = (not hub_utils.are_progress_bars_disabled(),
+              hf_logging is not None and hf_logging.is_progress_bar_enabled())
+    show = show_progress()
+    _set_progress_bars(hub_utils, hf_logging, show, show)
     try:
         yield
+    finally:
+        _set_progress_bars(hub_utils, hf_logging, *before)
+
+
+def _set_progress_bars(hub_utils: Any, hf_logging: Any, hub: bool, transformers: bool) -> None:
+    if hf_logging is not None:  # this sets the hub's state too, hence the hub's after it
+        (hf_logging.enable_progress_bar if transformers else hf_logging.disable_progress_bar)()
+    (hub_utils.enable_progress_bars if hub else hub_utils.disable_progress_bars)()
+
+
+@contextlib.contextmanager
+def hf_load_errors(model_id: str, what: str) -> Iterator[None]:
+    """Turn the errors of a transformers / hub load into one ModelLoadError line; bars as set."""
+    try:
+        with progress_bars():
+            yield
     except ModelLoadError:
         raise
     except Exception as error:  # noqa: B902 (hub, file, format and config errors alike)
@@ -156,8 +205,10 @@ def load_open_clip(model_id: str, device: str, dtype: Any) -> tuple[Any, Any, An
     root = logging.getLogger()
     root.addFilter(log_filter)
     try:
-        model, preprocess = open_clip.create_model_from_pretrained(name, pretrained=pretrained)
-        tokenizer = open_clip.get_tokenizer(name)
+        with progress_bars():
+            model, preprocess = open_clip.create_model_from_pretrained(
+                name, pretrained=pretrained)
+            tokenizer = open_clip.get_tokenizer(name)
     except ModelLoadError:
         raise
     except Exception as error:  # noqa: B902 (hub, file, format and config errors alike)
