@@ -101,11 +101,11 @@ DEPTH_SETTINGS = ('depth_scale', 'min_depth', 'max_depth', 'depth_slop', 'target
                   'tf_timeout')
 ADDED_LATENCY_ENV = 'VLM_PERCEPTION_ADDED_LATENCY'
 THROTTLE_S = 5.0
-EXECUTOR_THREADS = 6  # the node's four callback groups, its default one and tf2's listener
+EXECUTOR_THREADS = 5  # the node's four callback groups, its default one and tf2's listener
 DEPTH_SPAN_S, DEPTH_IMAGES = 1.0, 30   # depth images kept for pairing
 MIN_MARKER_LIFETIME_S = 0.5
 QUESTION_INTAKE_FACTOR = 10  # subscription depth per queued question
-STOP_JOIN_S = 2.0  # the question thread finishes the question in hand, at most this long
+STOP_JOIN_S = 5.0  # the stream and question threads finish what they hold, at most this long
 _PARAMETER_TYPES = {'string': ParameterType.PARAMETER_STRING,
                     'bool': ParameterType.PARAMETER_BOOL,
                     'integer': ParameterType.PARAMETER_INTEGER,
@@ -188,14 +188,15 @@ class PerceptionNode(Node):
             caption_model=self._value('caption_model') or None,
             device=self._value('device'), dtype=self._value('dtype'), labels=labels))
 
-        # One thread per group (EXECUTOR_THREADS), so no group waits for another: queries wait for
-        # the engine, never the image callback; set_labels and diagnostics wait for neither.
+        # Inference on the stream runs in a thread of its own, which the executor never schedules:
+        # the executor only moves messages. One executor thread per group (EXECUTOR_THREADS), so
+        # no group waits for another: queries wait for the engine, never the image callback.
+        self._frame_ready = threading.Event()
+        self._stream_thread = threading.Thread(target=self._stream, name='stream', daemon=True)
         input_group = MutuallyExclusiveCallbackGroup()    # image callback: keeps the newest frame
-        stream_group = MutuallyExclusiveCallbackGroup()   # inference on the stream
         request_group = MutuallyExclusiveCallbackGroup()  # query and locate (use the engine)
         question_group = MutuallyExclusiveCallbackGroup()  # questions: only queued here
         control_group = MutuallyExclusiveCallbackGroup()  # set_labels, diagnostics
-        self._wake = self.create_guard_condition(self._process, stream_group)
 
         self._detections_pub = self.create_publisher(msg.DetectionArray, 'detections', 10)
         self._detections_2d_pub = (
@@ -265,13 +266,17 @@ class PerceptionNode(Node):
                                f'labels: {", ".join(self._engine.labels)}')
 
     def start(self) -> None:
-        """Start answering questions (after the models are loaded)."""
+        """Start the stream and answering questions (after the models are loaded)."""
+        self._stream_thread.start()
         self._question_worker.start()
 
     def stop(self) -> None:
-        """Let a waiting stream callback return at once (before the executor shuts down)."""
+        """End the stream and question threads (each after the frame or question in hand)."""
         self._stopping.set()
         self._wakeup.set()
+        self._frame_ready.set()
+        if self._stream_thread.is_alive():
+            self._stream_thread.join(timeout=STOP_JOIN_S)
         if self._question_worker.is_alive():
             try:
                 self._questions.put_nowait(None)  # the worker's signal to end
@@ -472,24 +477,20 @@ class PerceptionNode(Node):
                 self._mark_paired(frame, depth_stamp)
         if self._slot.put(frame):
             self.stats.record_drop('superseded')
-        self._wake.trigger()
+        self._frame_ready.set()
 
-    def _process(self) -> None:
-        """Run the stream's capabilities on the newest frame (stream callback group)."""
-        with self._guarded('stream'):
-            while (delay := self._rate.wait_time()) > 0:
-                self._wakeup.wait(delay)
-                self._wakeup.clear()
-                if self._stopping.is_set():
-                    return
-            frame = self._slot.take()
-            if frame is None:
-                return
-            try:
-                self._run_stream(frame)
-            finally:
-                if self._slot.pending:
-                    self._wake.trigger()
+    def _stream(self) -> None:
+        """Run the stream's capabilities on the newest frame, whenever one waits (own thread)."""
+        while not self._stopping.is_set():
+            self._frame_ready.wait()
+            self._frame_ready.clear()
+            with self._guarded('stream'):
+                while (delay := self._rate.wait_time()) > 0 and not self._stopping.is_set():
+                    self._wakeup.wait(delay)
+                    self._wakeup.clear()
+                frame = self._slot.take()
+                if frame is not None and not self._stopping.is_set():
+                    self._run_stream(frame)
 
     def _run_stream(self, frame: SourceFrame) -> None:
         now = self.get_clock().now().nanoseconds
