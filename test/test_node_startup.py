@@ -43,3 +43,17 @@ def test_cuda_asked_for_without_cuda_names_the_device(tiny_preset) -> None:
         pytest.skip('CUDA is available here')
     status, output = run_to_exit(['-p', f'preset:={tiny_preset}', '-p', 'device:=cuda'])
     assert status == 1 and "device 'cuda'" in output and 'Traceback' not in output, output
+
+
+def test_an_unknown_parameter_override_is_warned_with_the_closest_name(tiny_preset) -> None:
+    node = ros_node('vlm_perception.ros.node', [
+        '-p', f'preset:={tiny_preset}', '-p', 'capabilities:=[detect]', '-p', 'warmup:=false',
+        '-p', 'max_rte:=3.0', '-p', 'detection_treshold:=0.2'])
+    try:
+        node.require_ready()  # not fatal: shared /** parameter files are common
+        output = node.output()
+        assert "unknown parameter 'max_rte' (did you mean 'max_rate'?)" in output, output
+        assert "unknown parameter 'detection_treshold' (did you mean 'detection_threshold'?)" \
+            in output, output
+    finally:
+        node.stop_cleanly()
