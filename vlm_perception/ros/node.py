@@ -53,6 +53,7 @@ Environment:
 """
 
 from contextlib import contextmanager
+import difflib
 import os
 import queue
 import signal
@@ -241,6 +242,16 @@ class PerceptionNode(Node):
         if self._cleans_parameters:
             self.add_pre_set_parameters_callback(self._clean_parameters)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._warn_unknown_overrides()
+
+    def _warn_unknown_overrides(self) -> None:
+        """Warn once per override that names no parameter (a typo); not fatal (/** files)."""
+        declared = [spec.name for spec in parameters.SPECS]
+        for name in self._parameter_overrides:
+            if not self.has_parameter(name):
+                close = difflib.get_close_matches(name, declared, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ''
+                self.get_logger().warning(f"unknown parameter '{name}'{hint}: ignored")
 
     # --- start and stop ---------------------------------------------------------------------
 
