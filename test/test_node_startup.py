@@ -57,3 +57,36 @@ def test_an_unknown_parameter_override_is_warned_with_the_closest_name(tiny_pres
             in output, output
     finally:
         node.stop_cleanly()
+
+
+def test_a_starved_node_says_so_on_diagnostics_and_scene_text(tiny_preset) -> None:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from node_harness import spin_until
+    from std_msgs.msg import String
+
+    node = ros_node('vlm_perception.ros.node', [
+        '-r', '__ns:=/starved', '-p', f'preset:={tiny_preset}', '-p', 'capabilities:=[detect]',
+        '-p', 'warmup:=false', '-p', 'image_timeout:=1.0', '-p', 'scene_period:=0.5'])
+    rclpy.init()
+    probe = rclpy.create_node('starved_probe')
+    try:
+        node.require_ready()
+        texts, levels = [], []
+        probe.create_subscription(String, '/starved/scene_text', lambda m: texts.append(m.data),
+                                  10)
+        probe.create_subscription(
+            DiagnosticArray, '/diagnostics',
+            lambda a: levels.extend((s.level, s.message) for s in a.status
+                                    if s.name.startswith('/starved/')), 10)
+        assert spin_until(probe, lambda: any(t.startswith('no image for ') for t in texts),
+                          timeout=20.0), texts
+        assert spin_until(probe, lambda: any(level == DiagnosticStatus.ERROR
+                                             for level, _ in levels), timeout=20.0), levels
+        warned = [message for level, message in levels if level == DiagnosticStatus.WARN]
+        assert any(message.startswith('no image for') for message in warned), levels
+        assert 'no image for' in node.output()  # logged too
+    finally:
+        probe.destroy_node()
+        rclpy.shutdown()
+        node.stop_cleanly()
