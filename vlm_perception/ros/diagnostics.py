@@ -9,6 +9,7 @@ from typing import Callable
 OK, WARN, ERROR = 'OK', 'WARN', 'ERROR'
 LATENCY_SMOOTHING = 0.2  # weight of the newest latency in the running mean
 NO_DEPTH_WARN_S = 2.0    # with depth on, WARN when none arrived for this long
+STARVED_ERROR_FACTOR = 3  # no image for this many image_timeouts is an ERROR
 
 
 class RateMeter:
@@ -95,6 +96,8 @@ class PerceptionStats:
         self.model_state = 'loading'
         self._reported_problems = 0
         self._clock = clock
+        self._image_since = clock()  # the last image, or the start
+        self.image_timeout = 0.0     # seconds; 0 = never starved
         self._depth_since: float | None = None  # set when depth is expected: last one, or start
 
     def expect_depth(self) -> None:
@@ -107,10 +110,22 @@ class PerceptionStats:
         with self._lock:
             self._depth_since = self._clock()
 
+    def expect_images(self) -> None:
+        """Images are expected from now on (image_timeout counts from here)."""
+        with self._lock:
+            self._image_since = self._clock()
+
+    def starved_for(self) -> float | None:
+        """Seconds without an image, once that is image_timeout or more; else None."""
+        with self._lock:
+            waited = self._clock() - self._image_since
+        return waited if 0 < self.image_timeout <= waited else None
+
     def record_received(self) -> None:
         """Count one input image."""
         with self._lock:
             self.received.tick()
+            self._image_since = self._clock()
 
     def record_processed(self) -> None:
         """Count one image that went through inference."""
@@ -159,14 +174,18 @@ class PerceptionStats:
                                                      problems)
             no_depth_s = (None if self._depth_since is None
                           else self._clock() - self._depth_since)
-        level, message = self._level(new_problems, no_depth_s)
+        level, message = self._level(new_problems, no_depth_s, self.starved_for())
         return DiagnosticReport(level, message, values)
 
-    def _level(self, new_problems: int, no_depth_s: float | None) -> tuple[str, str]:
+    def _level(self, new_problems: int, no_depth_s: float | None,
+               starved_s: float | None) -> tuple[str, str]:
         if self.model_state.startswith('failed'):
             return ERROR, self.model_state
         if self.model_state != 'ready':
             return WARN, f'models {self.model_state}'
+        if starved_s is not None:
+            level = ERROR if starved_s >= STARVED_ERROR_FACTOR * self.image_timeout else WARN
+            return level, f'no image for {starved_s:.0f} s'
         if no_depth_s is not None and no_depth_s >= NO_DEPTH_WARN_S:
             return WARN, f'no depth for {no_depth_s:.0f} s'
         if new_problems:

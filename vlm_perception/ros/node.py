@@ -43,9 +43,9 @@ Services:
 Parameters (declared in vlm_perception.ros.parameters, defaults in config/params.yaml):
     preset, detector_model, classifier_model, vqa_model, caption_model, device, dtype, compressed,
     image_reliability, warmup, use_depth, max_pending_queries, max_pending_questions
-    (read-only); capabilities, labels, detection_threshold,
-    scene_period, max_rate, max_image_age, depth_scale, min_depth, max_depth, depth_slop,
-    target_frame, tf_timeout (settable at run time; bad values are rejected).
+    (read-only); capabilities, labels, detection_threshold, scene_period, max_rate,
+    max_image_age, image_timeout, depth_scale, min_depth, max_depth, depth_slop, target_frame,
+    tf_timeout (settable at run time; bad values are rejected).
 
 Environment:
     VLM_PERCEPTION_ADDED_LATENCY: seconds of sleep added to each processed frame, to mimic a
@@ -105,6 +105,7 @@ THROTTLE_S = 5.0
 EXECUTOR_THREADS = 5  # the node's four callback groups, its default one and tf2's listener
 DEPTH_SPAN_S, DEPTH_IMAGES = 1.0, 30   # depth images kept for pairing
 MIN_MARKER_LIFETIME_S = 0.5
+MIN_STARVED_PERIOD_S = 0.5  # 'no image' on scene_text at most this often
 QUESTION_INTAKE_FACTOR = 10  # subscription depth per queued question
 STOP_JOIN_S = 5.0  # the stream and question threads finish what they hold, at most this long
 _PARAMETER_TYPES = {'string': ParameterType.PARAMETER_STRING,
@@ -237,6 +238,10 @@ class PerceptionNode(Node):
         self.create_service(srv.SetLabels, 'set_labels', self._on_set_labels,
                             callback_group=control_group)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=control_group)
+        self.stats.image_timeout = self._value('image_timeout')
+        self._starved_text = Periodic(max(self._value('scene_period'), MIN_STARVED_PERIOD_S))
+        self.create_timer(MIN_STARVED_PERIOD_S / 2, self._say_starved,
+                          callback_group=control_group)
         # rclpy >= Iron can rewrite a change before it is stored; elsewhere unclean is refused
         self._cleans_parameters = hasattr(self, 'add_pre_set_parameters_callback')
         if self._cleans_parameters:
@@ -278,6 +283,7 @@ class PerceptionNode(Node):
 
     def start(self) -> None:
         """Start the stream and answering questions (after the models are loaded)."""
+        self.stats.expect_images()  # image_timeout counts from now, not from the model load
         self._stream_thread.start()
         self._question_worker.start()
 
@@ -750,6 +756,9 @@ class PerceptionNode(Node):
                 self._threshold = change.value
             elif change.name == 'scene_period':
                 self._scene_due.period = change.value
+                self._starved_text.period = max(change.value, MIN_STARVED_PERIOD_S)
+            elif change.name == 'image_timeout':
+                self.stats.image_timeout = change.value
             elif change.name == 'max_rate':
                 self._rate.max_rate = change.value
                 self._wakeup.set()  # a stream waiting out the old rate goes on at once
@@ -758,6 +767,18 @@ class PerceptionNode(Node):
             elif change.name in self._depth:
                 self._depth[change.name] = change.value
         return SetParametersResult(successful=True)
+
+    def _say_starved(self) -> None:
+        """While no image arrives, say so on scene_text every scene_period, and in the log."""
+        with self._guarded('diagnostics'):
+            starved = self.stats.starved_for()
+            if starved is None or not self._starved_text.due():
+                return
+            self._starved_text.mark()
+            text = f'no image for {starved:.0f} s'
+            self._scene_text_pub.publish(String(data=text))
+            self.get_logger().warning(f'{text} on {self.resolve_topic_name("image")}',
+                                      throttle_duration_sec=self.stats.image_timeout)
 
     def _publish_diagnostics(self) -> None:
         with self._guarded('diagnostics'):

@@ -70,6 +70,10 @@ SPECS: tuple[ParameterSpec, ...] = (
     ParameterSpec('max_image_age', 'double', 0.0,
                   'Skip frames older than this many seconds (now - header.stamp); 0 = any age.',
                   limits=(0.0, 3600.0)),
+    ParameterSpec('image_timeout', 'double', 5.0,
+                  'Seconds without an image before diagnostics WARN (ERROR after 3 times as '
+                  'long) and scene_text says so every scene_period; 0 = off.',
+                  limits=(0.0, 3600.0)),
     ParameterSpec('compressed', 'bool', False,
                   'Subscribe <image>/compressed (sensor_msgs/CompressedImage) instead of image.',
                   read_only=True),
