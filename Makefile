@@ -11,13 +11,15 @@ export VLM_PERCEPTION_TEST_DOMAIN := $(ROS_DOMAIN_ID)
 ENV := source .venv/bin/activate && source install/setup.bash
 SETUP_STAMP := .venv/.requirements.sha256
 
-.PHONY: help setup build test lint demo models clean
+.PHONY: help setup build test lint demo bench models clean
 
 help:
 	@echo "make setup   create .venv and build the package into install/ (idempotent)"
 	@echo "make demo    simulated camera + node with the shapes models; prints what it sees"
 	@echo "make test    the whole test suite (sets up first if needed)"
 	@echo "make lint    flake8 (ament settings) and pep257 only"
+	@echo "make bench   node FPS vs bare-engine FPS on the shapes cases, log/bench/bench.json (~8 min"
+	@echo "             on 2 cores; BENCH_ARGS=--owlvit-b32 adds a random OWL-ViT B/32, ~9 min more)"
 	@echo "make models  retrain the shapes-world models from fixed seeds"
 
 setup:
@@ -38,6 +40,11 @@ lint: build
 
 demo: build
 	@$(ENV) && python -m vlm_perception.ros.demo
+
+# Not part of test: it takes minutes. Options: python -m vlm_perception.ros.bench --help
+BENCH_ARGS ?=
+bench: build
+	@$(ENV) && python -m vlm_perception.ros.bench $(BENCH_ARGS)
 
 models: build
 	@$(ENV) && python -m vlm_perception.shapes.train --out vlm_perception/models/shapes

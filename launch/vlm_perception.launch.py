@@ -21,6 +21,10 @@ tested here, not a run with SROS2 keys.
 The node's model-loading progress bars are off (VLM_PERCEPTION_PROGRESS=0, see
 vlm_perception.core.loading): launch's pseudo-terminal has no width, so each bar would only be
 an empty log line. Export VLM_PERCEPTION_PROGRESS=1 before launching to get them anyway.
+
+Node and camera get config/fastdds_large_frames.xml as FASTDDS_DEFAULT_PROFILES_FILE unless one
+is exported: Fast DDS's default shared memory is too small for a camera frame, which then goes
+over fragmented UDP where best-effort frames are lost. Give the same file to a camera driver.
 """
 
 import posixpath
@@ -54,6 +58,7 @@ ARGUMENTS = {
 # Under launch the node's stderr is a pty (emulate_tty), so its own TTY test would keep the bars,
 # drawn 0 columns wide: empty lines. A value the user exported still wins.
 PROGRESS_ENV = 'VLM_PERCEPTION_PROGRESS'
+FASTDDS_PROFILE_ENV = 'FASTDDS_DEFAULT_PROFILES_FILE'
 
 
 def _is_true(context: LaunchContext, name: str) -> bool:
@@ -86,15 +91,19 @@ def _nodes(context: LaunchContext) -> list:
     remappings = _camera_remappings(context)
     namespace = LaunchConfiguration('namespace')
     ros_arguments = _ros_arguments(context)
+    large_frames = {FASTDDS_PROFILE_ENV: EnvironmentVariable(
+        FASTDDS_PROFILE_ENV, default_value=PathJoinSubstitution(
+            [FindPackageShare(PACKAGE), 'config', 'fastdds_large_frames.xml']))}
     return [
         Node(package=PACKAGE, executable='perception_node', name='vlm_perception',
              namespace=namespace, parameters=parameters, remappings=remappings,
              ros_arguments=ros_arguments, respawn=_is_true(context, 'respawn'),
              respawn_delay=2.0, output='screen', emulate_tty=True,
-             additional_env={PROGRESS_ENV: EnvironmentVariable(PROGRESS_ENV,
-                                                               default_value='0')}),
+             additional_env={PROGRESS_ENV: EnvironmentVariable(PROGRESS_ENV, default_value='0'),
+                             **large_frames}),
         Node(package=PACKAGE, executable='shapes_camera', name='shapes_camera',
              namespace=namespace, remappings=remappings, ros_arguments=ros_arguments,
+             additional_env=large_frames,
              condition=IfCondition(LaunchConfiguration('sim_camera')), output='screen'),
         *(_rviz(namespace) if _is_true(context, 'rviz') else []),
     ]

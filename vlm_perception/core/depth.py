@@ -29,7 +29,7 @@ MIN_VALID_FRACTION = 0.1   # of that inner part, with at least one pixel
 SPREAD_PERCENTILES = (10.0, 90.0)
 # A box's pixels within this fraction of the object's width of its depth are the object.
 OBJECT_BAND_FRACTION, MIN_OBJECT_BAND_M = 0.5, 0.02
-SEARCH_MARGIN = 0.1  # of the box's size on each side: a tight box may cut the object
+SEARCH_MARGIN = 0.25  # of the box's size on each side: a tight box may cut the object
 
 Item = TypeVar('Item')
 
