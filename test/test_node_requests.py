@@ -92,7 +92,9 @@ def test_a_question_flood_does_not_starve_a_query(ros) -> None:
     replied = time.monotonic()
     assert future.result().success, future.result().message
     between = sum(1 for replies in answers.values() for at, _ in replies if sent < at < replied)
-    assert between <= 3, f'{between} questions answered while the query waited'
+    # Fair: the question in hand plus those answered while the request was in transit (a few,
+    # with the tiny models' 10 ms answers); unfair would be most of the ~100 still queued.
+    assert between <= 10, f'{between} questions answered while the query waited'
     assert spin_until(ros, lambda: len(answers) == 100, timeout=60.0), len(answers)
 
 
