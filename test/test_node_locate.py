@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -66,10 +67,12 @@ def ground_truth(camera_and_node):
     rclpy.shutdown()
 
 
-def true_position(truth: dict, stamp: str, label: str) -> np.ndarray:
-    """Return the ground-truth position of label at the image stamped 'sec.nanosec'."""
+def true_position(truth: dict, stamp: str, label: str) -> Optional[np.ndarray]:
+    """Return the ground-truth position of label at the image stamped 'sec.nanosec', if seen."""
     sec, nanosec = (int(part) for part in stamp.split('.'))
-    array = truth[(sec, nanosec)]
+    array = truth.get((sec, nanosec))
+    if array is None:
+        return None
     (match,) = [d for d in array.detections if d.label == label]
     return np.array([match.position.x, match.position.y, match.position.z])
 
@@ -85,18 +88,22 @@ def locate(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_locate_prints_a_point_within_2_percent_of_the_truth(ground_truth) -> None:
     errors = []
-    for _ in range(3):  # three calls on moving objects; a single bad detector box is reported
+    for _ in range(10):  # three calls on moving objects; a single bad detector box is reported
+        if len(errors) == 3:
+            break
         result = locate('--json')
         assert result.returncode == 0, result.stderr
         response = json.loads(result.stdout)
         point = response['point']
         assert point['frame_id'] == 'camera_optical_frame'
         truth = true_position(ground_truth, point['stamp'], OBJECT)
+        if truth is None:  # its ground_truth message did not reach this test (depth 1)
+            continue
         located = np.array([point['x'], point['y'], point['z']])
         errors.append(float(np.linalg.norm(located - truth) / truth[2]))
         print(f'{OBJECT}: located {located}, truth {truth}, error {errors[-1]:.4f} of range')
         assert response['detection']['label'] == OBJECT and response['detection']['has_position']
-    assert np.median(errors) <= 0.02, errors
+    assert len(errors) == 3 and np.median(errors) <= 0.02, errors
 
     text = locate()
     assert text.returncode == 0, text.stderr
@@ -121,7 +128,9 @@ def test_the_readme_planner_snippet_makes_a_goal_at_the_object(ground_truth) -> 
                                    'goal.header.stamp.nanosec, goal.pose.position.x, '
                                    'goal.pose.position.y, goal.pose.position.z)')
     errors = []
-    for _ in range(3):  # as in the CLI test: three goals, the median within 2 %
+    for _ in range(10):  # as in the CLI test: three goals, the median within 2 %
+        if len(errors) == 3:
+            break
         for _ in range(20):  # as in locate(): again while the latest frame has no depth
             result = subprocess.run([sys.executable, '-c', code], cwd=Path(ROOT),
                                     capture_output=True, text=True, timeout=60)
@@ -131,5 +140,7 @@ def test_the_readme_planner_snippet_makes_a_goal_at_the_object(ground_truth) -> 
         frame_id, sec, nanosec, *position = result.stdout.split()
         assert frame_id == 'camera_optical_frame'
         truth = true_position(ground_truth, f'{sec}.{nanosec}', OBJECT)
+        if truth is None:
+            continue
         errors.append(float(np.linalg.norm(np.array(position, dtype=float) - truth) / truth[2]))
-    assert np.median(errors) <= 0.02, errors
+    assert len(errors) == 3 and np.median(errors) <= 0.02, errors
