@@ -435,11 +435,12 @@ def test_not_a_quaternion(rotation: tuple) -> None:
 
 
 MS = 1_000_000  # nanoseconds
+FAR = 10**15  # a stamp after every item: its nearest is the newest
 
 
 def test_empty_buffer() -> None:
     buffer = StampedBuffer()
-    assert buffer.nearest(0, 10.0) is None and buffer.newest_stamp_ns is None
+    assert buffer.nearest(0, 10.0) is None and buffer.nearest_stamp(FAR, 1e9) is None
 
 
 def test_nearest_within_slop() -> None:
@@ -451,7 +452,7 @@ def test_nearest_within_slop() -> None:
     assert buffer.nearest(0, 0.0) == 'at 0'
     assert buffer.nearest(150 * MS, 0.04) is None  # 50 ms from both neighbours
     assert buffer.nearest(260 * MS, 0.05) is None
-    assert buffer.newest_stamp_ns == 200 * MS
+    assert buffer.nearest_stamp(FAR, 1e9) == 200 * MS
 
 
 def test_items_older_than_the_span_are_dropped() -> None:
@@ -468,7 +469,7 @@ def test_at_most_max_items() -> None:
     for stamp in range(0, 500, 100):
         buffer.add(stamp * MS, f'at {stamp}')
     assert buffer.nearest(0, 5.0) == 'at 200'  # the oldest of the three kept
-    assert buffer.newest_stamp_ns == 400 * MS
+    assert buffer.nearest_stamp(FAR, 1e9) == 400 * MS
 
 
 def test_out_of_order_adds() -> None:
@@ -477,14 +478,14 @@ def test_out_of_order_adds() -> None:
         buffer.add(stamp * MS, f'at {stamp}')
     assert [buffer.nearest(stamp * MS, 0.01) for stamp in (0, 100, 200)] == \
         ['at 0', 'at 100', 'at 200']
-    assert buffer.newest_stamp_ns == 200 * MS
+    assert buffer.nearest_stamp(FAR, 1e9) == 200 * MS
 
 
 def test_a_full_buffer_keeps_the_latest_stamps_when_adds_come_out_of_order() -> None:
     buffer = StampedBuffer(span_s=1.0, max_items=2)
     for stamp in (300, 100, 200):
         buffer.add(stamp * MS, f'at {stamp}')
-    assert buffer.newest_stamp_ns == 300 * MS
+    assert buffer.nearest_stamp(FAR, 1e9) == 300 * MS
     assert buffer.nearest(300 * MS, 0.01) == 'at 300'
     assert buffer.nearest(100 * MS, 0.01) is None
 

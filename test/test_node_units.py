@@ -30,10 +30,9 @@ class FakeClock:
 
 def test_slot_keeps_only_the_newest_and_reports_replacements() -> None:
     slot: LatestSlot[int] = LatestSlot()
-    assert slot.take() is None and not slot.pending
+    assert slot.take() is None
     assert slot.put(1) is False
     assert slot.put(2) is True   # 1 was never taken: dropped
-    assert slot.pending
     assert slot.take() == 2
     assert slot.take() is None
     assert slot.put(3) is False

@@ -287,9 +287,3 @@ class StampedBuffer(Generic[Item]):
                 return None
             entry = min(self._items, key=lambda entry: abs(entry[0] - stamp_ns))
         return entry if abs(entry[0] - stamp_ns) <= slop_s * 1e9 else None
-
-    @property
-    def newest_stamp_ns(self) -> Optional[int]:
-        """Return the stamp of the newest item, None when empty."""
-        with self._lock:
-            return max((stamp for stamp, _ in self._items), default=None)

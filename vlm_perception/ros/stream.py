@@ -35,12 +35,6 @@ class LatestSlot(Generic[Item]):
             item, self._item = self._item, None
         return item
 
-    @property
-    def pending(self) -> bool:
-        """Whether an item waits to be taken."""
-        with self._lock:
-            return self._item is not None
-
 
 class RateLimiter:
     """Space events at least 1 / max_rate seconds apart; max_rate 0 means no limit."""
