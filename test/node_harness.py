@@ -1,5 +1,6 @@
 """Helpers of the node graph tests: run a node in its own process and talk to it with rclpy."""
 
+from contextlib import contextmanager
 import os
 from pathlib import Path
 import signal
@@ -7,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import rclpy
@@ -83,6 +84,19 @@ class ChildProcess:
         status, output = self.stop()
         assert status == 0, output
         assert 'Traceback' not in output, output
+
+
+@contextmanager
+def probe(perception: ChildProcess, name: str) -> Iterator[Node]:
+    """Once perception is ready: rclpy initialised and a test node; both ended afterwards."""
+    perception.require_ready()
+    rclpy.init()
+    node = rclpy.create_node(name)
+    try:
+        yield node
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
 
 
 def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:

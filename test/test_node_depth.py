@@ -16,7 +16,7 @@ pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make b
 
 import cv2  # noqa: E402,I100
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from node_harness import (call, diagnostics_values, image_publisher,  # noqa: E402
+from node_harness import (call, diagnostics_values, image_publisher, probe,  # noqa: E402
                           shapes_node, spin_until)
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
@@ -48,20 +48,16 @@ def perception():
 @pytest.fixture(scope='module')
 def bare(perception):
     """Return this test's node with image, depth and camera_info publishers matched."""
-    perception.require_ready()
-    rclpy.init()
-    node = rclpy.create_node('node_depth_test')
-    node.publishers_ = {topic: image_publisher(node, topic, kind) for topic, kind in
-                        (('image', Image), ('depth', Image), ('camera_info', CameraInfo))}
-    node.detections = []
-    node.create_subscription(msg.DetectionArray, 'detections', node.detections.append, 10)
-    node.perception = perception
-    matched = spin_until(node, lambda: all(publisher.get_subscription_count() > 0
-                                           for publisher in node.publishers_.values()), 30.0)
-    assert matched, perception.output()
-    yield node
-    node.destroy_node()
-    rclpy.shutdown()
+    with probe(perception, 'node_depth_test') as node:
+        node.publishers_ = {topic: image_publisher(node, topic, kind) for topic, kind in
+                            (('image', Image), ('depth', Image), ('camera_info', CameraInfo))}
+        node.detections = []
+        node.create_subscription(msg.DetectionArray, 'detections', node.detections.append, 10)
+        node.perception = perception
+        matched = spin_until(node, lambda: all(publisher.get_subscription_count() > 0
+                                               for publisher in node.publishers_.values()), 30.0)
+        assert matched, perception.output()
+        yield node
 
 
 @pytest.fixture(scope='module')

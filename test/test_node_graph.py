@@ -14,7 +14,7 @@ pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make b
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402,I100
 from node_harness import (call, cli, diagnostics_values, frame,  # noqa: E402
-                          image_publisher, ros_node, spin_until)
+                          image_publisher, probe, ros_node, spin_until)
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
@@ -39,15 +39,11 @@ def perception(tiny_preset):
 @pytest.fixture(scope='module')
 def ros(perception):
     """Return this test's node, once the perception node serves its query service."""
-    perception.require_ready()
-    rclpy.init()
-    node = rclpy.create_node('node_graph_test')
-    client = node.create_client(srv.QueryScene, 'query')
-    assert client.wait_for_service(timeout_sec=30.0), perception.output()
-    node.destroy_client(client)
-    yield node
-    node.destroy_node()
-    rclpy.shutdown()
+    with probe(perception, 'node_graph_test') as node:
+        client = node.create_client(srv.QueryScene, 'query')
+        assert client.wait_for_service(timeout_sec=30.0), perception.output()
+        node.destroy_client(client)
+        yield node
 
 
 class Collector:

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make build)')
 
-from node_harness import frame, image_publisher, ros_node, spin_until  # noqa: E402,I100
+from node_harness import (frame, image_publisher, probe, ros_node,  # noqa: E402,I100
+                          spin_until)
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 
 from vlm_perception import msg, srv  # noqa: E402
@@ -34,22 +35,18 @@ def perception(tiny_preset):
 @pytest.fixture(scope='module')
 def ros(perception):
     """Return this test's node once the perception node answers a query about a frame."""
-    perception.require_ready()
-    rclpy.init()
-    node = rclpy.create_node('node_requests_test')
-    client = node.create_client(srv.QueryScene, 'query')
-    assert client.wait_for_service(timeout_sec=30.0), perception.output()
-    publisher = image_publisher(node)
-    for sec in range(1, 100):
-        publisher.publish(frame(sec))
-        future = client.call_async(srv.QueryScene.Request())
-        rclpy.spin_until_future_complete(node, future, timeout_sec=10.0)
-        if future.done() and future.result().success:
-            break
-    node.destroy_client(client)
-    yield node
-    node.destroy_node()
-    rclpy.shutdown()
+    with probe(perception, 'node_requests_test') as node:
+        client = node.create_client(srv.QueryScene, 'query')
+        assert client.wait_for_service(timeout_sec=30.0), perception.output()
+        publisher = image_publisher(node)
+        for sec in range(1, 100):
+            publisher.publish(frame(sec))
+            future = client.call_async(srv.QueryScene.Request())
+            rclpy.spin_until_future_complete(node, future, timeout_sec=10.0)
+            if future.done() and future.result().success:
+                break
+        node.destroy_client(client)
+        yield node
 
 
 def flood_questions(node, count: int, prefix: str) -> tuple[list, dict]:

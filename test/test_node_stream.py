@@ -18,8 +18,8 @@ rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make build)')
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402,I100
-from node_harness import (call, diagnostics_values, image_publisher, ros_node,  # noqa: E402
-                          spin_until)
+from node_harness import (call, diagnostics_values, image_publisher, probe,  # noqa: E402
+                          ros_node, spin_until)
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
@@ -45,16 +45,12 @@ def perception(tiny_preset):
 @pytest.fixture(scope='module')
 def ros(perception):
     """Return this test's node with a publisher matched to the node's compressed subscription."""
-    perception.require_ready()
-    rclpy.init()
-    node = rclpy.create_node('node_stream_test')
-    publisher = image_publisher(node, TOPIC, CompressedImage)
-    if not spin_until(node, lambda: publisher.get_subscription_count() > 0, timeout=30.0):
-        pytest.fail(f'perception node not up:\n{perception.output()}')
-    node.publisher = publisher
-    yield node
-    node.destroy_node()
-    rclpy.shutdown()
+    with probe(perception, 'node_stream_test') as node:
+        publisher = image_publisher(node, TOPIC, CompressedImage)
+        if not spin_until(node, lambda: publisher.get_subscription_count() > 0, timeout=30.0):
+            pytest.fail(f'perception node not up:\n{perception.output()}')
+        node.publisher = publisher
+        yield node
 
 
 def compressed(stamp, seed: int = 0) -> CompressedImage:
