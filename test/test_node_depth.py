@@ -6,6 +6,8 @@ scenes with their registered depth (shapes.drift's 3D world) and compares the no
 with the scene's ground truth.
 """
 
+import time
+
 import numpy as np
 import pytest
 
@@ -121,27 +123,41 @@ def show(node, shot: Shot, sec: int, depth: Image = None, info: CameraInfo = Non
     def processed() -> bool:
         return any(d.header.stamp == stamp.stamp for d in node.detections)
 
+    answers = []  # the last locate answers, for the failure message
+
     def paired_here() -> bool:  # locate uses this very image, with a depth image
         for name in shot.truth:
             response = locate(node, name)
+            answers[:] = [f'{name}: {response.message} (stamp {response.point.header.stamp.sec})']
             if response.success:
                 return response.point.header.stamp == stamp.stamp
             if 'under the best match' in response.message:
                 return True
         return False
 
-    for _ in range(10):
+    deadline = time.monotonic() + 60.0  # generous: a loaded CI machine can stall for seconds
+    while time.monotonic() < deadline:
         for publisher, message in messages:
             publisher.publish(message)
         if spin_until(node, processed, timeout=3.0) and (not paired or paired_here()):
             return
-    raise AssertionError(f'image {sec} not processed:\n{node.perception.output()}')
+    seen = sorted({d.header.stamp.sec for d in node.detections})[-5:]
+    raise AssertionError(f'image {sec} not processed (detections seen for {seen}; locate: '
+                         f'{answers}):\n{node.perception.output()}')
 
 
 def locate(node, query: str, max_age: float = 0.0) -> srv.Locate.Response:
     """Call the locate service."""
-    return call(node, node.create_client(srv.Locate, 'locate'),
+    return call(node, client_of(node, srv.Locate, 'locate'),
                 srv.Locate.Request(query=query, max_age=max_age))
+
+
+def client_of(node, kind, name: str):
+    """Return node's one client of service name (a client per call would pile up)."""
+    clients = node.__dict__.setdefault('clients_', {})
+    if name not in clients:
+        clients[name] = node.create_client(kind, name)
+    return clients[name]
 
 
 def relative_error(response: srv.Locate.Response, truth) -> float:
@@ -157,7 +173,7 @@ def set_parameter(node, name: str, value):
              str: ('string_value', ParameterType.PARAMETER_STRING)}
     field, kind = kinds[type(value)]
     parameter = Parameter(name=name, value=ParameterValue(type=kind, **{field: value}))
-    return call(node, node.create_client(SetParameters, f'{NODE}/set_parameters'),
+    return call(node, client_of(node, SetParameters, f'{NODE}/set_parameters'),
                 SetParameters.Request(parameters=[parameter])).results[0]
 
 
