@@ -7,6 +7,7 @@ remapped topic.
 """
 
 import time
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -25,7 +26,7 @@ from rcl_interfaces.srv import SetParameters  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from vlm_perception import msg  # noqa: E402
+from vlm_perception import msg, srv  # noqa: E402
 
 ADDED_LATENCY_S = 0.3
 TOPIC = '/camera/image_raw/compressed'
@@ -129,6 +130,68 @@ def test_undecodable_compressed_data_is_rejected(ros, perception) -> None:
     ros.create_subscription(msg.DetectionArray, 'detections', received.append, 10)
     ros.publisher.publish(compressed(ros.get_clock().now().to_msg()))
     assert spin_until(ros, lambda: received, timeout=10.0)
+
+
+def headless_jpeg(stamp) -> CompressedImage:
+    """Return a JPEG whose header is valid (64x48) but which has no image data to decode."""
+    data = bytes(compressed(stamp).data)
+    return CompressedImage(header=Header(stamp=stamp, frame_id='cam'), format='jpeg',
+                           data=data[:data.index(b'\xff\xda')] + b'\xff\xd9')
+
+
+def counters(node) -> Callable[[], dict]:
+    """Subscribe to /diagnostics; return a function giving the latest perception counters."""
+    seen = []
+    node.create_subscription(DiagnosticArray, '/diagnostics', seen.append, 10)
+
+    def latest() -> dict:
+        values = diagnostics_values(seen[-1]) if seen else {}
+        return {key: int(value) for key, value in values.items()
+                if key.startswith(('dropped', 'rejected'))}
+    return latest
+
+
+def settled(node, latest: Callable[[], dict]) -> dict:
+    """Wait for two equal diagnostics reports in a row (nothing in flight); return them."""
+    before = None
+    for _ in range(20):
+        spin_until(node, lambda: False, timeout=1.1)
+        now = latest()
+        if now and now == before:
+            return now
+        before = now
+    raise AssertionError(f'diagnostics never settled: {before}')
+
+
+def test_a_superseded_compressed_frame_is_never_decoded(ros) -> None:
+    latest = counters(ros)
+    deep = ros.create_publisher(CompressedImage, TOPIC, 10)  # keeps both of a quick pair
+    assert spin_until(ros, lambda: deep.get_subscription_count() > 0, timeout=10.0)
+    before = settled(ros, latest)
+    deep.publish(compressed(ros.get_clock().now().to_msg(), seed=1))
+    spin_until(ros, lambda: False, timeout=0.1)  # the stream takes it: busy for 0.3 s
+    deep.publish(headless_jpeg(ros.get_clock().now().to_msg()))
+    spin_until(ros, lambda: False, timeout=0.05)  # it reaches the image callback
+    deep.publish(compressed(ros.get_clock().now().to_msg(), seed=2))  # supersedes it
+    after = settled(ros, latest)
+    assert after.get('rejected: compressed image', 0) == before.get(
+        'rejected: compressed image', 0), (before, after)
+    assert after['dropped: superseded'] == before.get('dropped: superseded', 0) + 1
+
+
+def test_an_undecodable_newest_frame_leaves_the_previous_one_for_queries(ros) -> None:
+    latest = counters(ros)
+    good = ros.get_clock().now().to_msg()
+    ros.publisher.publish(compressed(good, seed=3))
+    spin_until(ros, lambda: False, timeout=1.0)
+    before = settled(ros, latest)
+    ros.publisher.publish(headless_jpeg(ros.get_clock().now().to_msg()))
+    response = call(ros, ros.create_client(srv.QueryScene, 'query'),
+                    srv.QueryScene.Request(caption=False))
+    assert response.success, response.message
+    assert response.scene.header.stamp == good
+    after = settled(ros, latest)
+    assert after['rejected: compressed image'] == before.get('rejected: compressed image', 0) + 1
 
 
 def test_frames_older_than_max_image_age_are_skipped(ros) -> None:
