@@ -107,10 +107,36 @@ def test_image_size_limits(height: int, width: int) -> None:
 
 def test_source_frame_makes_the_engine_frame_once() -> None:
     made = []
-    frame = SourceFrame(header=None, stamp_ns=0, rgb=np.zeros((2, 2, 3), np.uint8))
+    frame = SourceFrame(header=None, stamp_ns=0, convert=lambda: np.zeros((2, 2, 3), np.uint8))
     first = frame.engine_frame(lambda rgb: made.append(rgb) or object())
     assert frame.engine_frame(lambda rgb: made.append(rgb) or object()) is first
     assert len(made) == 1
+
+
+def test_source_frame_converts_once_when_first_asked_and_reports_a_failure_once() -> None:
+    calls, errors = [], []
+
+    def convert() -> np.ndarray:
+        calls.append(1)
+        return np.zeros((2, 2, 3), np.uint8)
+
+    frame = SourceFrame(header=None, stamp_ns=0, convert=convert)
+    assert not calls  # nothing decoded on arrival
+    threads = [threading.Thread(target=frame.decoded) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and frame.rgb.shape == (2, 2, 3)
+
+    def fail() -> np.ndarray:
+        raise InputError('corrupt')
+
+    broken = SourceFrame(header=None, stamp_ns=0, convert=fail, on_error=errors.append)
+    assert not broken.decoded() and not broken.decoded()
+    assert [str(error) for error in errors] == ['corrupt']
+    with pytest.raises(InputError):
+        broken.engine_frame(lambda rgb: object())
 
 
 def test_rate_meter_counts_over_the_window() -> None:

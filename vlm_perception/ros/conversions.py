@@ -58,11 +58,16 @@ def image_to_rgb(image: Image) -> np.ndarray:
 
 
 def compressed_to_rgb(image: CompressedImage) -> np.ndarray:
-    """
-    Return the (H, W, 3) uint8 RGB pixels of a sensor_msgs/CompressedImage.
+    """Return the (H, W, 3) uint8 RGB pixels of a sensor_msgs/CompressedImage (see below)."""
+    return decode_checked(checked_compressed_data(image))
 
-    The size its header declares is checked before decoding: a few hundred bytes can claim
-    gigabytes of pixels. Formats whose header is not read meet OpenCV's pixel limit instead.
+
+def checked_compressed_data(image: CompressedImage) -> bytes:
+    """
+    Return the data of a CompressedImage whose header declares an acceptable size; InputError.
+
+    Reads only the header: a few hundred bytes can claim gigabytes of pixels. Formats whose
+    header is not read meet OpenCV's pixel limit when decoded instead.
     """
     if not image.data:
         raise InputError('empty compressed image')
@@ -70,6 +75,11 @@ def compressed_to_rgb(image: CompressedImage) -> np.ndarray:
     declared = core_image.compressed_size(data)
     if declared is not None:
         check_image_size(declared[1], declared[0])
+    return data
+
+
+def decode_checked(data: bytes) -> np.ndarray:
+    """Decode data from checked_compressed_data to RGB pixels the node accepts; InputError."""
     rgb = core_image.decode_compressed(data)
     check_image_size(*rgb.shape[:2])
     return rgb

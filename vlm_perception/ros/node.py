@@ -163,6 +163,7 @@ class PerceptionNode(Node):
         self._slot: LatestSlot[SourceFrame] = LatestSlot()
         self._latest: Optional[SourceFrame] = None
         self._latest_paired: Optional[SourceFrame] = None  # the newest with a depth image
+        self._latest_good: Optional[SourceFrame] = None  # the newest whose pixels decoded
         self._latest_lock = threading.Lock()
         self._rate = RateLimiter(self._value('max_rate'))
         self._scene_due = Periodic(self._value('scene_period'))
@@ -358,6 +359,11 @@ class PerceptionNode(Node):
                 and abs(frame.stamp_ns - paired.stamp_ns) <= DEPTH_SPAN_S * 1e9 \
                 and not age_verdict(now, paired.stamp_ns, max_age):
             frame = paired
+        if not self._usable(frame):  # undecodable: the newest frame that decoded instead
+            with self._latest_lock:
+                frame = self._latest_good
+            if frame is None:
+                raise FrameUnavailable('no usable image yet: every image received was rejected')
         age = image_age(now, frame.stamp_ns)
         verdict = age_verdict(now, frame.stamp_ns, max_age)
         if verdict == 'future':
@@ -368,6 +374,15 @@ class PerceptionNode(Node):
             raise FrameUnavailable(f'stale: the latest image is {age:.2f} s old, more than '
                                    f'{max_age:g} s')
         return frame, age
+
+    def _usable(self, frame: SourceFrame) -> bool:
+        """Decode frame if not tried yet; remember it as the newest usable one if it decoded."""
+        if not frame.decoded():
+            return False
+        with self._latest_lock:
+            if self._latest_good is None or frame.stamp_ns >= self._latest_good.stamp_ns:
+                self._latest_good = frame
+        return True
 
     def _count_future(self, age: float) -> None:
         """Count and warn (once per THROTTLE_S) about an image stamped ahead of the clock."""
@@ -445,9 +460,16 @@ class PerceptionNode(Node):
             self._keep(image.header, lambda: conversions.image_to_rgb(image), 'image')
 
     def _on_compressed(self, image: CompressedImage) -> None:
+        """Keep the newest compressed frame undecoded: it is decoded when taken, if ever."""
         with self._guarded('compressed image'):
-            self._keep(image.header, lambda: conversions.compressed_to_rgb(image),
-                       'compressed image')
+            try:
+                data = conversions.checked_compressed_data(image)
+            except InputError as error:
+                self.stats.record_received()
+                self._reject('compressed image', error)
+                return
+            self._keep(image.header, lambda: conversions.decode_checked(data),
+                       'compressed image', decode_now=False)
 
     def _on_depth(self, image: Image) -> None:
         with self._guarded('depth'):
@@ -476,15 +498,14 @@ class PerceptionNode(Node):
                     'supported: back-projecting with K only', once=True)
             self._camera = camera
 
-    def _keep(self, header: Any, to_rgb: Callable[[], Any], what: str) -> None:
-        """Convert a received image and make it the newest frame (for the stream and queries)."""
+    def _keep(self, header: Any, to_rgb: Callable[[], Any], what: str,
+              decode_now: bool = True) -> None:
+        """Make a received image the newest frame (for the stream and queries)."""
         self.stats.record_received()
-        try:
-            rgb = to_rgb()
-        except InputError as error:
-            self._reject(what, error)
-            return
-        frame = SourceFrame(header, conversions.stamp_ns(header.stamp), rgb)
+        frame = SourceFrame(header, conversions.stamp_ns(header.stamp), to_rgb,
+                            on_error=lambda error: self._reject(what, error))
+        if decode_now and not self._usable(frame):
+            return  # rejected: the previous frame stays the newest
         with self._latest_lock:
             self._latest = frame
         if self._use_depth:
@@ -506,7 +527,7 @@ class PerceptionNode(Node):
                     self._wakeup.wait(delay)
                     self._wakeup.clear()
                 frame = self._slot.take()
-                if frame is not None and not self._stopping.is_set():
+                if frame is not None and not self._stopping.is_set() and self._usable(frame):
                     self._run_stream(frame)
 
     def _run_stream(self, frame: SourceFrame) -> None:

@@ -1,6 +1,5 @@
 """Frame flow of the node without ROS: newest-frame slot, rate limit and image age."""
 
-from dataclasses import dataclass, field
 import math
 import threading
 import time
@@ -111,24 +110,49 @@ def check_max_age(max_age: float) -> float:
     return max_age
 
 
-@dataclass
 class SourceFrame:
     """
     A received image: its header (kept opaque), stamp, RGB pixels and engine frame.
 
-    The engine frame (which caches model encodings) is made once, on first use, so the stream
-    and a query about the same image share it.
+    The pixels are made by convert() once, when first asked for: a compressed frame that a newer
+    one supersedes before anyone takes it is never decoded. A conversion failure goes to
+    on_error once; the frame then has no pixels. The engine frame (which caches model
+    encodings) is made once too, so the stream and a query about the same image share it.
     """
 
-    header: Any
-    stamp_ns: int
-    rgb: np.ndarray  # (H, W, 3) uint8
-    _engine_frame: Any = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    def __init__(self, header: Any, stamp_ns: int, convert: Callable[[], np.ndarray],
+                 on_error: Callable[[InputError], None] = lambda error: None) -> None:
+        """Keep the message's header and stamp, and how to make its (H, W, 3) uint8 pixels."""
+        self.header = header
+        self.stamp_ns = stamp_ns
+        self._convert: Optional[Callable[[], np.ndarray]] = convert
+        self._on_error = on_error
+        self._rgb: Optional[np.ndarray] = None
+        self._engine_frame: Any = None
+        self._lock = threading.Lock()
+
+    def decoded(self) -> bool:
+        """Make the pixels if not tried yet; return whether the frame has them."""
+        with self._lock:
+            if self._convert is not None:
+                convert, self._convert = self._convert, None  # frees the message after it
+                try:
+                    self._rgb = convert()
+                except InputError as error:
+                    self._on_error(error)
+            return self._rgb is not None
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """Return the (H, W, 3) uint8 RGB pixels; InputError when they could not be made."""
+        if not self.decoded():
+            raise InputError('the image could not be converted (counted as rejected)')
+        return self._rgb
 
     def engine_frame(self, make: Callable[[np.ndarray], Any]) -> Any:
         """Return the engine frame of this image, making it with make(rgb) the first time."""
+        rgb = self.rgb
         with self._lock:
             if self._engine_frame is None:
-                self._engine_frame = make(self.rgb)
+                self._engine_frame = make(rgb)
             return self._engine_frame
