@@ -80,7 +80,7 @@ def _calm_detection_heads(model) -> None:
     torch.nn.init.zeros_(model.box_head.dense2.weight)
 
 
-def _build_owl(folder: Path, version: str) -> Path:
+def _build_owl(folder: Path, version: str, seed: int = SEED) -> Path:
     """OWL detector: 64² input, patch 16 (a 4×4 grid); `version` is 'ViT' or 'v2'."""
     import torch
     import transformers
@@ -88,7 +88,7 @@ def _build_owl(folder: Path, version: str) -> Path:
     def part(kind: str):
         return getattr(transformers, f'Owl{version}{kind}')
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     ids = _ids()
     config = part('Config')(
         text_config=_tower(max_position_embeddings=TEXT_LENGTH, **ids),
@@ -104,9 +104,9 @@ def _build_owl(folder: Path, version: str) -> Path:
     return _save(model, processor, folder)
 
 
-def build_owlvit(folder: Path) -> Path:
-    """OWL-ViT detector with the stretching image processor."""
-    return _build_owl(folder, 'ViT')
+def build_owlvit(folder: Path, seed: int = SEED) -> Path:
+    """OWL-ViT detector with the stretching image processor (other seeds: other weights)."""
+    return _build_owl(folder, 'ViT', seed)
 
 
 def build_owlv2(folder: Path) -> Path:

@@ -54,3 +54,8 @@ class TextEmbeddingCache:
         with self._lock:
             for key in [k for k in self._rows if model_key is None or k[0] == model_key]:
                 del self._rows[key]
+
+    def model_keys(self) -> set[str]:
+        """Return the keys of the models that have embeddings cached."""
+        with self._lock:
+            return {model_key for model_key, _ in self._rows}

@@ -13,18 +13,27 @@ text (TextEmbeddingCache); each model's image encoding of a frame is computed on
 Frame, so several requests on one frame (configured and extra labels, several tag vocabularies,
 several questions, a caption) share it. Model calls run under ``torch.inference_mode`` and one
 lock granted first come, first served (FairLock), so threads share the engine taking turns.
+
+Out of memory: torch's (CUDA) out-of-memory error in a model call or load becomes an
+``OutOfMemory`` error after the engine trimmed its caches (the frame's encodings, the text
+embeddings, torch's CUDA cache); the lock is released and the engine keeps serving. Environment
+variable ``VLM_PERCEPTION_INJECT_OOM`` injects such errors for tests (see faults.py).
+
+Models can be replaced while the engine serves (``replace_model``): the new one loads beside the
+old, which serves until the swap, and stays if the new one fails to load.
 """
 
-import contextlib
 import dataclasses
 import math
-from typing import Any, Callable, Iterable, Iterator, Sequence
+import threading
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from vlm_perception.core.cache import TextEmbeddingCache
 from vlm_perception.core.device import resolve_device, resolve_dtype
-from vlm_perception.core.errors import InputError
+from vlm_perception.core.errors import InputError, OutOfMemory
+from vlm_perception.core.faults import FaultInjector
 from vlm_perception.core.image import to_rgb
 from vlm_perception.core.presets import get_preset
 from vlm_perception.core.scheduling import FairLock
@@ -72,6 +81,10 @@ class Frame:
         if model_key not in self._encodings:
             self._encodings[model_key] = encode(self.image)
         return self._encodings[model_key]
+
+    def drop_encodings(self) -> None:
+        """Forget every encoding of the frame (done when a model ran out of memory on it)."""
+        self._encodings.clear()
 
     def crop(self, detection: Detection) -> np.ndarray:
         """Return the pixels inside a detection's box (at least one pixel)."""
@@ -128,6 +141,11 @@ def _finite_score(value: float) -> float:
     return min(max(float(value), 0.0), 1.0) if math.isfinite(value) else 0.0
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
 class PerceptionEngine:
     """Detection, tags, VQA, captions and scene descriptions of RGB frames."""
 
@@ -151,6 +169,10 @@ class PerceptionEngine:
         self._backends: dict[str, Any] = {}
         self._text_cache = TextEmbeddingCache()
         self._lock = FairLock()  # requests and the stream take turns
+        self._replace_lock = threading.Lock()  # one replace_model at a time
+        self._faults = FaultInjector.from_environment()  # VLM_PERCEPTION_INJECT_OOM (tests)
+        self._count_lock = threading.Lock()
+        self.out_of_memory_count = 0  # OutOfMemory errors raised so far (calls and loads)
 
     # --- vocabulary ---------------------------------------------------------------------------
 
@@ -196,13 +218,9 @@ class PerceptionEngine:
         for capability in capabilities:
             self.backend(capability)
         if warmup:
-            frame = self.frame(np.zeros((*WARMUP_SIZE, 3), dtype=np.uint8))
-            runs = {'detect': lambda: self.detect(frame),
-                    'tags': lambda: self.tags(frame),
-                    'vqa': lambda: self.answer(frame, 'What is this?'),
-                    'caption': lambda: self.caption(frame)}
+            frame = self._blank_frame()
             for capability in capabilities:
-                runs[capability]()
+                self._warm_up(capability, frame)
 
     def _check_capabilities(self, capabilities: Iterable[str]) -> list[str]:
         if isinstance(capabilities, str):
@@ -210,7 +228,7 @@ class PerceptionEngine:
         capabilities = list(capabilities)
         unknown = [c for c in capabilities if c not in CAPABILITIES]
         if unknown:
-            raise InputError(f"unknown capability {', '.join(unknown)} "
+            raise InputError(f"unknown capability {', '.join(map(str, unknown))} "
                              f"(one of {', '.join(CAPABILITIES)})")
         return capabilities
 
@@ -219,18 +237,126 @@ class PerceptionEngine:
         self._check_capabilities([capability])
         with self._lock:
             if capability not in self._backends:
-                from vlm_perception.core.backends import create_backend
-
-                self._backends[capability] = create_backend(
-                    capability, self.model_ids[capability], self.device, self.dtype)
+                self._backends[capability] = self._create_backend(
+                    capability, self.model_ids[capability])
             return self._backends[capability]
 
-    @contextlib.contextmanager
-    def _model_call(self) -> Iterator[None]:
+    def _create_backend(self, capability: str, model_id: str) -> Any:
+        """Load a backend; torch's out of memory becomes OutOfMemory (caches trimmed)."""
         import torch
 
-        with self._lock, torch.inference_mode():
-            yield
+        from vlm_perception.core.backends import create_backend
+
+        try:
+            self._faults.load()
+            return create_backend(capability, model_id, self.device, self.dtype)
+        except torch.OutOfMemoryError as error:
+            reason = _first_line(error)
+        # Past the except block the failed load's frames, and the tensors they held, are gone.
+        raise self._out_of_memory(f"loading the {capability} model '{model_id}'", reason)
+
+    def replace_model(self, capability: str, model_id: str, warmup: bool = False) -> None:
+        """
+        Serve a capability with another model, loaded beside the one in use, then swapped in.
+
+        The old model keeps serving while the new one loads: the engine lock is not held during
+        the load, only for the swap (and, with ``warmup``, for one run of the new model on a blank
+        frame of its own, which also encodes the vocabulary, before the swap). After the swap
+        ``model_ids`` names the new model and the old one's text embeddings are dropped; the old
+        model is freed once no call uses it. If the load or the warm-up fails (ModelLoadError,
+        OutOfMemory, ...) the old model and model id stay and the error propagates. For a
+        capability whose model is not loaded yet only the id is recorded (loaded on first use).
+        Device and dtype stay the engine's. InputError for an unknown capability or empty id.
+        """
+        capability, = self._check_capabilities([capability])
+        if not isinstance(model_id, str) or not model_id.strip():
+            raise InputError(f'model id for {capability} must be a non-empty string, got '
+                             f'{model_id!r}')
+        with self._replace_lock:
+            with self._lock:
+                if capability not in self._backends:
+                    self.model_ids[capability] = model_id
+                    return
+            backend = self._create_backend(capability, model_id)  # the old one serves meanwhile
+            if warmup:
+                self._warm_up(capability, self._blank_frame(), backend)
+            with self._lock:
+                old = self._backends[capability]
+                self._backends[capability] = backend
+                self.model_ids[capability] = model_id
+                self._text_cache.clear(old.key)
+
+    def model_for(self, capability: str, preset: str | None = None,
+                  override: str | None = None) -> str:
+        """
+        Return the model id a capability gets: ``override`` if set, else the preset's.
+
+        ``preset`` (a name or folder, as in EngineConfig) defaults to the engine's own; useful to
+        follow a preset change with ``replace_model``. InputError for an unknown capability or
+        preset.
+        """
+        capability, = self._check_capabilities([capability])
+        if override:
+            return override
+        source = self.preset if preset is None else get_preset(preset)
+        return source.model(ROLE_OF[capability])
+
+    def _run(self, capability: str, frame: Frame, work: Callable[[Any], Any],
+             backend: Any = None, what: str | None = None) -> Any:
+        """
+        Run ``work(backend)`` as one model call: in turn (the lock), under inference_mode.
+
+        Without ``backend`` the capability's current one is used (loaded first if need be), read
+        under the lock, so a call never straddles a swap. Torch's out of memory becomes
+        OutOfMemory after trimming (``what`` names the call in its message).
+        """
+        import torch
+
+        if backend is None:
+            self.backend(capability)  # a first use loads outside inference_mode
+        with self._lock:
+            result = None
+            try:
+                with torch.inference_mode():
+                    result = work(self._backends[capability] if backend is None else backend)
+                    self._faults.call()  # an injected fault comes after the model ran
+                return result
+            except torch.OutOfMemoryError as error:
+                reason = _first_line(error)
+            # Past the except block the failed call's frames, and the tensors they held, are gone
+            # (not kept by a traceback), so that emptying torch's cache can give them back.
+            del result
+            failure = self._out_of_memory(f'in {what or capability}', reason, frame)
+        raise failure
+
+    def _out_of_memory(self, what: str, reason: str, frame: Frame | None = None) -> OutOfMemory:
+        """Trim what memory can be trimmed, count, and return the OutOfMemory to raise."""
+        import torch
+
+        if frame is not None:
+            frame.drop_encodings()
+        self._text_cache.clear()
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+        with self._count_lock:
+            self.out_of_memory_count += 1
+        return OutOfMemory(f'out of memory {what} on {self.device}: {reason}')
+
+    def _blank_frame(self) -> Frame:
+        return self.frame(np.zeros((*WARMUP_SIZE, 3), dtype=np.uint8))
+
+    def _warm_up(self, capability: str, frame: Frame, backend: Any = None) -> None:
+        """Run a capability once on frame (with backend: that one, not the one serving)."""
+        what = None if backend is None else \
+            f"the warm-up of the {capability} model '{backend.model_id}'"
+        if capability == 'detect':
+            self._detect(frame, self.labels, self.detection_threshold, backend, what)
+        elif capability == 'tags':
+            self._tags(frame, self.tag_labels, 5, backend, what)
+        elif capability == 'vqa':
+            self._answer(frame, 'What is this?', backend, what)
+        else:
+            self._caption(frame, None, backend, what)
 
     def frame(self, image: np.ndarray | Frame) -> Frame:
         """Wrap an HxWx3 uint8 RGB array (grey, RGBA, 16-bit, float converted) as a Frame."""
@@ -249,10 +375,15 @@ class PerceptionEngine:
         frame = self.frame(frame)
         labels = self.labels if labels is None else clean_labels(labels)
         threshold = self.detection_threshold if threshold is None else check_threshold(threshold)
-        backend = self.backend('detect')
-        with self._model_call():
+        return self._detect(frame, labels, threshold)
+
+    def _detect(self, frame: Frame, labels: list[str], threshold: float, backend: Any = None,
+                what: str | None = None) -> list[Detection]:
+        def work(backend: Any) -> Any:
             encoding = frame.encoding(backend.key, backend.encode_image)
-            found = backend.detect(encoding, self._text_embeddings(backend, labels), threshold)
+            return backend.detect(encoding, self._text_embeddings(backend, labels), threshold)
+
+        found = self._run('detect', frame, work, backend, what)
         return [Detection(labels[raw.query], _finite_score(raw.score), *raw.box)
                 for raw in found]
 
@@ -261,11 +392,15 @@ class PerceptionEngine:
         """Score the tag vocabulary (or labels) against the whole frame; best first, top_k kept."""
         frame = self.frame(frame)
         labels = self.tag_labels if labels is None else clean_labels(labels)
-        backend = self.backend('tags')
-        with self._model_call():
+        return self._tags(frame, labels, top_k)
+
+    def _tags(self, frame: Frame, labels: list[str], top_k: int | None, backend: Any = None,
+              what: str | None = None) -> list[LabelScore]:
+        def work(backend: Any) -> Any:
             image_embedding = frame.encoding(backend.key, backend.encode_image)
-            scores = backend.scores(image_embedding, self._text_embeddings(backend, labels))[0]
-        return self._ranked(labels, scores, top_k)
+            return backend.scores(image_embedding, self._text_embeddings(backend, labels))[0]
+
+        return self._ranked(labels, self._run('tags', frame, work, backend, what), top_k)
 
     def classify_crops(self, frame: np.ndarray | Frame, detections: Sequence[Detection],
                        labels: Iterable[str] | str | None = None) -> list[LabelScore]:
@@ -278,10 +413,12 @@ class PerceptionEngine:
         labels = self.tag_labels if labels is None else clean_labels(labels)
         if not detections:
             return []
-        backend = self.backend('tags')
-        with self._model_call():
+
+        def work(backend: Any) -> Any:
             crops = backend.encode_images([frame.crop(detection) for detection in detections])
-            scores = backend.scores(crops, self._text_embeddings(backend, labels))
+            return backend.scores(crops, self._text_embeddings(backend, labels))
+
+        scores = self._run('tags', frame, work, what='classify_crops')
         return [self._ranked(labels, row, 1)[0] for row in scores]
 
     @staticmethod
@@ -298,20 +435,30 @@ class PerceptionEngine:
         """Answer a question about the frame, with the model's confidence (0..1)."""
         frame = self.frame(frame)
         question = clean_text(question, 'question')
-        backend = self.backend('vqa')
-        with self._model_call():
+        return self._answer(frame, question)
+
+    def _answer(self, frame: Frame, question: str, backend: Any = None,
+                what: str | None = None) -> Answer:
+        def work(backend: Any) -> Any:
             encoding = frame.encoding(backend.key, backend.encode_image)
-            text, confidence = backend.answer(encoding, question)
+            return backend.answer(encoding, question)
+
+        text, confidence = self._run('vqa', frame, work, backend, what)
         return Answer(question, text, _finite_score(confidence))
 
     def caption(self, frame: np.ndarray | Frame, prompt: str | None = None) -> str:
         """Caption the frame; a prompt (e.g. 'a photo of') is continued by the caption."""
         frame = self.frame(frame)
         prompt = None if prompt is None or not prompt.strip() else clean_text(prompt, 'prompt')
-        backend = self.backend('caption')
-        with self._model_call():
+        return self._caption(frame, prompt)
+
+    def _caption(self, frame: Frame, prompt: str | None, backend: Any = None,
+                 what: str | None = None) -> str:
+        def work(backend: Any) -> Any:
             encoding = frame.encoding(backend.key, backend.encode_image)
             return backend.caption(encoding, prompt)
+
+        return self._run('caption', frame, work, backend, what)
 
     def describe(self, frame: np.ndarray | Frame, labels: Iterable[str] | str | None = None,
                  question: str | None = None, caption: bool = True, tags: bool = True,

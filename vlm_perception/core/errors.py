@@ -7,3 +7,12 @@ class InputError(ValueError):
 
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message names the model and how to fix it."""
+
+
+class OutOfMemory(RuntimeError):
+    """
+    The device ran out of memory running or loading a model; not the caller's fault.
+
+    The engine trimmed its caches before raising and stays usable: the request (or frame) that
+    failed is lost, the next one may succeed. The message says what ran out where.
+    """

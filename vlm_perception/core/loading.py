@@ -10,7 +10,8 @@ A model id is one of:
 * for open_clip, ``NAME:PRETRAINED`` (``ViT-B-32:laion2b_s34b_b79k``) or ``hf-hub:org/repo``.
 
 Every failure to load becomes a ``ModelLoadError`` whose one-line message names the model and
-says how to fetch it or where to point instead.
+says how to fetch it or where to point instead, except torch's out of memory, which goes through
+unchanged (the engine makes it an ``OutOfMemory``: the model is fine, the device is full).
 
 Progress bars (the hub's download bars, transformers' "Loading weights") are shown during a load
 only where someone watches them: environment variable ``VLM_PERCEPTION_PROGRESS=1`` shows them,
@@ -86,6 +87,12 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether an error is torch's (CUDA) out of memory, which loads let through unchanged."""
+    torch = sys.modules.get('torch')  # not imported yet: the error cannot be torch's
+    return torch is not None and isinstance(error, torch.OutOfMemoryError)
+
+
 def _is_offline() -> bool:
     from huggingface_hub import constants
 
@@ -140,6 +147,8 @@ def hf_load_errors(model_id: str, what: str) -> Iterator[None]:
     except ModelLoadError:
         raise
     except Exception as error:  # noqa: B902 (hub, file, format and config errors alike)
+        if is_out_of_memory(error):  # not the model's fault: the engine reports it as such
+            raise
         if local_folder(model_id) is not None:
             raise ModelLoadError(
                 f"cannot load {what} model from folder '{model_id}': {_first_line(error)}"
@@ -212,6 +221,8 @@ def load_open_clip(model_id: str, device: str, dtype: Any) -> tuple[Any, Any, An
     except ModelLoadError:
         raise
     except Exception as error:  # noqa: B902 (hub, file, format and config errors alike)
+        if is_out_of_memory(error):
+            raise
         hub_repo = None
         if pretrained is not None:
             tag = open_clip.get_pretrained_cfg(name, pretrained) or {}
