@@ -35,7 +35,7 @@ def managed_node(preset, *extra: str):
 
 @pytest.fixture(scope='module')
 def perception(tiny_preset):
-    """A managed perception node on the tiny models; stopped cleanly at the end."""
+    """Start a managed perception node on the tiny models; stop it cleanly at the end."""
     node = managed_node(tiny_preset)
     yield node
     node.stop_cleanly()
@@ -43,7 +43,7 @@ def perception(tiny_preset):
 
 @pytest.fixture(scope='module')
 def ros(perception):
-    """This test's node: outputs recorded, an image publisher, the lifecycle clients."""
+    """Return this test's node: outputs recorded, an image publisher, lifecycle clients."""
     rclpy.init()
     node = rclpy.create_node('node_lifecycle_test')
     node.seen = {'detections': [], 'scene_text': [], 'answers': []}
@@ -66,12 +66,12 @@ def ros(perception):
 
 
 def state(node, client=None) -> str:
-    """The perception node's lifecycle state label (through client, else node.get_state)."""
+    """Return the lifecycle state label of the perception node (client: else get_state)."""
     return call(node, client or node.get_state, GetState.Request()).current_state.label
 
 
 def transition(node, transition_id: int, client=None) -> bool:
-    """Ask for a transition (through client, else node.change); return whether it succeeded."""
+    """Ask the perception node to change state; return whether it succeeded."""
     request = ChangeState.Request()
     request.transition.id = transition_id
     return call(node, client or node.change, request).success
@@ -85,7 +85,7 @@ def stream_for(node, seconds: float, first_sec: int) -> None:
 
 
 def streamed(node, first_sec: int) -> list:
-    """Detections about images stamped first_sec or later."""
+    """Return the detections about images stamped first_sec or later."""
     return [array for array in node.seen['detections'] if array.header.stamp.sec >= first_sec]
 
 
