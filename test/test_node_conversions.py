@@ -175,6 +175,6 @@ def test_parameter_descriptors() -> None:
     threshold = descriptor(parameters.SPEC_BY_NAME['detection_threshold'])
     assert threshold.floating_point_range[0].to_value == 1.0
     assert threshold.description and not threshold.read_only
-    assert descriptor(parameters.SPEC_BY_NAME['preset']).read_only
+    assert descriptor(parameters.SPEC_BY_NAME['device']).read_only
     assert 'best_effort' in descriptor(
         parameters.SPEC_BY_NAME['image_reliability']).additional_constraints

@@ -248,7 +248,8 @@ def test_bad_parameter_values_are_rejected_and_the_old_value_stays(ros) -> None:
     assert not set_parameter(ros, 'image_reliability', 'sometimes')
     assert not set_parameter(ros, 'capabilities', ['detect', 'segment'])
     assert get_parameter(ros, 'capabilities') == ['detect', 'tags', 'vqa', 'caption']
-    assert not set_parameter(ros, 'preset', 'default')  # read-only: models stay loaded
+    assert not set_parameter(ros, 'device', 'cuda')  # read-only: the models stay where they are
+    assert not set_parameter(ros, 'preset', 'no_such_preset')  # checked before any load
     assert not set_parameter(ros, 'labels', ['x' * 1000])
     assert set_parameter(ros, 'scene_period', 0.5)
     assert get_parameter(ros, 'scene_period') == 0.5

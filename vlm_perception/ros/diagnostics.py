@@ -96,28 +96,30 @@ class PerceptionStats:
         self.model_state = 'loading'
         self._reported_problems = 0
         self._clock = clock
-        self._image_since = clock()  # the last image, or the start
+        self._image_since: float | None = None  # the last image, or when expected from
         self.image_timeout = 0.0     # seconds; 0 = never starved
         self._depth_since: float | None = None  # set when depth is expected: last one, or start
 
-    def expect_depth(self) -> None:
-        """Depth images are expected from now on (WARN while none arrives)."""
+    def expect_depth(self, expected: bool = True) -> None:
+        """Depth images are expected from now on (WARN while none arrives), or no longer."""
         with self._lock:
-            self._depth_since = self._clock()
+            self._depth_since = self._clock() if expected else None
 
     def record_depth(self) -> None:
         """Count one accepted depth image."""
         with self._lock:
             self._depth_since = self._clock()
 
-    def expect_images(self) -> None:
-        """Images are expected from now on (image_timeout counts from here)."""
+    def expect_images(self, expected: bool = True) -> None:
+        """Images are expected from now on (image_timeout counts from here), or no longer."""
         with self._lock:
-            self._image_since = self._clock()
+            self._image_since = self._clock() if expected else None
 
     def starved_for(self) -> float | None:
-        """Seconds without an image, once that is image_timeout or more; else None."""
+        """Seconds without an expected image, once that is image_timeout or more; else None."""
         with self._lock:
+            if self._image_since is None:
+                return None
             waited = self._clock() - self._image_since
         return waited if 0 < self.image_timeout <= waited else None
 

@@ -40,16 +40,23 @@ Services:
     locate (vlm_perception/Locate): find one phrase in the latest frame and place it in 3D;
         the point in target_frame (through tf2) when set, else the camera frame.
 
+    Lifecycle (rclpy.lifecycle): change_state, get_state and the other managed-node services.
+        With autostart (default) the node configures and activates itself at start.
+
 Parameters (declared in vlm_perception.ros.parameters, defaults in config/params.yaml):
-    preset, detector_model, classifier_model, vqa_model, caption_model, device, dtype, compressed,
-    image_reliability, warmup, use_depth, max_pending_queries, max_pending_questions
-    (read-only); capabilities, labels, detection_threshold, scene_period, max_rate,
+    device, dtype, compressed, image_reliability, warmup, autostart, use_depth,
+    max_pending_queries, max_pending_questions (read-only); preset, detector_model,
+    classifier_model, vqa_model, caption_model (settable at run time: the new model loads beside
+    the one serving and is swapped in when ready; if it fails the old one stays and the
+    parameter is set back); capabilities, labels, detection_threshold, scene_period, max_rate,
     max_image_age, image_timeout, depth_scale, min_depth, max_depth, depth_slop, target_frame,
     tf_timeout (settable at run time; bad values are rejected).
 
-Environment:
+Environment (test and diagnosis hooks, never parameters; unset in normal use):
     VLM_PERCEPTION_ADDED_LATENCY: seconds of sleep added to each processed frame, to mimic a
-        slow device (the frame-dropping tests use it). Unset in normal use.
+        slow device (the frame-dropping tests use it).
+    VLM_PERCEPTION_INJECT_OOM: out-of-memory faults, e.g. call:3 (every third model call) or
+        load:1 (every model load); see vlm_perception.core.faults.
 """
 
 from contextlib import contextmanager
@@ -71,7 +78,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
@@ -83,7 +90,7 @@ from vlm_perception import msg, srv
 from vlm_perception.core.depth import (DepthImage, PinholeCamera, place_all, RigidTransform,
                                        StampedBuffer)
 from vlm_perception.core.engine import clean_labels, clean_text, EngineConfig, PerceptionEngine
-from vlm_perception.core.errors import InputError, ModelLoadError
+from vlm_perception.core.errors import InputError, ModelLoadError, OutOfMemory
 from vlm_perception.core.summary import summarize
 from vlm_perception.core.types import Detection, SceneDescription
 from vlm_perception.ros import conversions, parameters
@@ -123,6 +130,10 @@ class LocateFailure(Exception):
     """Why locate has no point; the message starts with the reason's keyword."""
 
 
+class NotActive(Exception):
+    """The node is not active (lifecycle): requests are answered so, not served."""
+
+
 def descriptor(spec: parameters.ParameterSpec) -> ParameterDescriptor:
     """Return the ParameterDescriptor of a parameter spec."""
     result = ParameterDescriptor(name=spec.name, type=_PARAMETER_TYPES[spec.kind],
@@ -138,8 +149,14 @@ def descriptor(spec: parameters.ParameterSpec) -> ParameterDescriptor:
     return result
 
 
-class PerceptionNode(Node):
-    """Run the perception engine on the newest camera frame; answer queries and questions."""
+class PerceptionNode(LifecycleNode):
+    """
+    Run the perception engine on the newest camera frame; answer queries and questions.
+
+    A managed node: configure loads the models, activate subscribes and streams, deactivate
+    stops inference and keeps the models, cleanup unloads them. Requests are served in every
+    state (not active: the reply says so); only /diagnostics is published while not active.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
@@ -159,12 +176,15 @@ class PerceptionNode(Node):
         self._warnings = Throttle(THROTTLE_S)
         self._added_latency = float(os.environ.get(ADDED_LATENCY_ENV, '0') or 0)
         self._stopping = threading.Event()
+        self._state = 'unconfigured'  # the lifecycle state label, once a transition is done
+        self._active = threading.Event()  # the stream runs; requests are served
+        self._stream_busy = threading.Lock()  # held while the stream processes a frame
+        self._image_subscriptions: list[Any] = []
+        self.configure_error: Optional[Exception] = None
         self._wakeup = threading.Event()  # the stream's rate wait ends early: stop, new max_rate
         self._slot: LatestSlot[SourceFrame] = LatestSlot()
-        self._latest: Optional[SourceFrame] = None
-        self._latest_paired: Optional[SourceFrame] = None  # the newest with a depth image
-        self._latest_good: Optional[SourceFrame] = None  # the newest whose pixels decoded
         self._latest_lock = threading.Lock()
+        self._forget_frames()
         self._rate = RateLimiter(self._value('max_rate'))
         self._scene_due = Periodic(self._value('scene_period'))
         self._capabilities = tuple(self._value('capabilities'))
@@ -182,44 +202,39 @@ class PerceptionNode(Node):
         # executor, which rclpy refuses, and leaves a thread behind at exit (geometry2 #930)
         self._tf_listener = (tf2_ros.TransformListener(self._tf_buffer, self)
                              if tf2_ros is not None else None)
-        labels = self._value('labels') if self._is_set('labels') else None
-        self._engine = PerceptionEngine(EngineConfig(
-            preset=self._value('preset'),
-            detector_model=self._value('detector_model') or None,
-            classifier_model=self._value('classifier_model') or None,
-            vqa_model=self._value('vqa_model') or None,
-            caption_model=self._value('caption_model') or None,
-            device=self._value('device'), dtype=self._value('dtype'), labels=labels))
+        self._engine: Optional[PerceptionEngine] = None  # made and loaded by configure
+        self.stats.model_state = 'unconfigured'
 
         # Inference on the stream runs in a thread of its own, which the executor never schedules:
         # the executor only moves messages. One executor thread per group (EXECUTOR_THREADS), so
         # no group waits for another: queries wait for the engine, never the image callback.
         self._frame_ready = threading.Event()
         self._stream_thread = threading.Thread(target=self._stream, name='stream', daemon=True)
-        input_group = MutuallyExclusiveCallbackGroup()    # image callback: keeps the newest frame
+        self._input_group = MutuallyExclusiveCallbackGroup()  # images: keep the newest frame
         request_group = MutuallyExclusiveCallbackGroup()  # query and locate (use the engine)
         question_group = MutuallyExclusiveCallbackGroup()  # questions: only queued here
         control_group = MutuallyExclusiveCallbackGroup()  # set_labels, diagnostics
 
-        self._detections_pub = self.create_publisher(msg.DetectionArray, 'detections', 10)
-        self._detections_2d_pub = (
-            self.create_publisher(conversions.Detection2DArray, 'detections_2d', 10)
-            if conversions.Detection2DArray is not None else None)
+        # The stream's outputs publish only while active; answers (replies) and diagnostics
+        # in every state.
+        output = self.create_lifecycle_publisher
+        self._detections_pub = output(msg.DetectionArray, 'detections', 10)
+        self._detections_2d_pub = (output(conversions.Detection2DArray, 'detections_2d', 10)
+                                   if conversions.Detection2DArray is not None else None)
         self._detections_3d_pub = (
-            self.create_publisher(conversions.Detection3DArray, 'detections_3d', 10)
+            output(conversions.Detection3DArray, 'detections_3d', 10)
             if conversions.Detection3DArray is not None and self._use_depth else None)
         # Transient local: a planner that starts later gets the latest scene at once.
-        self._scene_pub = self.create_publisher(msg.SceneDescription, 'scene', QoSProfile(
+        self._scene_pub = output(msg.SceneDescription, 'scene', QoSProfile(
             depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        self._scene_text_pub = self.create_publisher(String, 'scene_text', 10)
+        self._scene_text_pub = output(String, 'scene_text', 10)
+        self._annotated_pub = output(Image, 'image_annotated', 1)
+        self._markers_pub = output(MarkerArray, 'markers', 10)
         self._answers_pub = self.create_publisher(
             msg.Answer, 'answers',
             QoSProfile(depth=QUESTION_INTAKE_FACTOR * self._value('max_pending_questions')))
-        self._annotated_pub = self.create_publisher(Image, 'image_annotated', 1)
-        self._markers_pub = self.create_publisher(MarkerArray, 'markers', 10)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
 
-        self._subscribe_images(input_group)
         # Questions are queued by their callback and answered by a thread of their own, so a
         # flood neither waits in DDS (where overflow is lost unanswered) nor blocks queries.
         pending_questions = self._value('max_pending_questions')
@@ -259,18 +274,76 @@ class PerceptionNode(Node):
                 hint = f" (did you mean '{close[0]}'?)" if close else ''
                 self.get_logger().warning(f"unknown parameter '{name}'{hint}: ignored")
 
-    # --- start and stop ---------------------------------------------------------------------
+    # --- lifecycle ----------------------------------------------------------------------------
 
-    def load_models(self) -> None:
+    def start_threads(self) -> None:
+        """Start the stream and question threads (they serve every state; once per node)."""
+        self._stream_thread.start()
+        self._question_worker.start()
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Make the engine and load (and warm up) the stream's models; FAILURE if they fail."""
+        try:
+            self._engine = PerceptionEngine(self._engine_config())
+            self._load_models()
+        except (ModelLoadError, OutOfMemory, InputError) as error:
+            self._engine = None
+            self.configure_error = error
+            self.stats.model_state = f'failed: {error}'
+            if not self._value('autostart'):  # with autostart, main() says it and exits
+                self.get_logger().error(f'configure failed: {error}')
+            return TransitionCallbackReturn.FAILURE
+        self.configure_error = None
+        self._state = 'inactive'
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Enable the outputs, subscribe the camera and let the stream run."""
+        result = super().on_activate(state)
+        if result != TransitionCallbackReturn.SUCCESS:
+            return result
+        self._subscribe_images()
+        self.stats.expect_images()  # image_timeout counts from now, not from the model load
+        self._active.set()
+        self._state = 'active'
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Unsubscribe and stop inference after the frame in hand; the models stay loaded."""
+        self._state = 'inactive'
+        self._pause()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Unload the models and forget the frames."""
+        self._unload()
+        self._state = 'unconfigured'
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop what runs and unload, from whatever state."""
+        self._state = 'finalized'
+        self._pause()
+        self._unload()
+        return super().on_shutdown(state)
+
+    def _engine_config(self) -> EngineConfig:
+        labels = self._value('labels') if self._is_set('labels') else None
+        return EngineConfig(
+            preset=self._value('preset'),
+            detector_model=self._value('detector_model') or None,
+            classifier_model=self._value('classifier_model') or None,
+            vqa_model=self._value('vqa_model') or None,
+            caption_model=self._value('caption_model') or None,
+            device=self._value('device'), dtype=self._value('dtype'), labels=labels)
+
+    def _load_models(self) -> None:
         """Load (and warm up) the models of the stream's capabilities; ModelLoadError if not."""
         capabilities = self._capabilities
+        self.stats.model_state = 'loading'
         self.get_logger().info(f'loading models for {", ".join(capabilities) or "nothing"} '
                                f'(preset {self._value("preset")})')
-        try:
-            self._engine.load(capabilities=capabilities, warmup=self._value('warmup'))
-        except (ModelLoadError, InputError) as error:
-            self.stats.model_state = f'failed: {error}'
-            raise
+        self._engine.load(capabilities=capabilities, warmup=self._value('warmup'))
         self.stats.device = self._engine.device
         self.stats.model_state = 'ready'
         if self._value('device') == 'auto' and self._engine.device == 'cpu':
@@ -282,15 +355,40 @@ class PerceptionNode(Node):
         self.get_logger().info(f'ready on {self._engine.device} ({loaded}); '
                                f'labels: {", ".join(self._engine.labels)}')
 
-    def start(self) -> None:
-        """Start the stream and answering questions (after the models are loaded)."""
-        self.stats.expect_images()  # image_timeout counts from now, not from the model load
-        self._stream_thread.start()
-        self._question_worker.start()
+    def _pause(self) -> None:
+        """Stop taking images and wait for the frame being processed (the stream then waits)."""
+        self._active.clear()
+        for subscription in self._image_subscriptions:
+            self.destroy_subscription(subscription)
+        self._image_subscriptions = []
+        self.stats.expect_images(False)
+        self.stats.expect_depth(False)
+        with self._stream_busy:
+            self._slot.take()
+
+    def _unload(self) -> None:
+        """Drop the engine (its models and caches) and every kept frame."""
+        self._engine = None
+        self.stats.model_state = 'unconfigured'
+        self._forget_frames()
+        self._depth_images = StampedBuffer(DEPTH_SPAN_S, DEPTH_IMAGES)
+        try:
+            import torch
+        except ImportError:
+            return
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
+    def _forget_frames(self) -> None:
+        with self._latest_lock:
+            self._latest: Optional[SourceFrame] = None
+            self._latest_paired: Optional[SourceFrame] = None  # the newest with a depth image
+            self._latest_good: Optional[SourceFrame] = None  # the newest whose pixels decoded
 
     def stop(self) -> None:
         """End the stream and question threads (each after the frame or question in hand)."""
         self._stopping.set()
+        self._active.clear()
         self._wakeup.set()
         self._frame_ready.set()
         if self._stream_thread.is_alive():
@@ -435,25 +533,30 @@ class PerceptionNode(Node):
 
     # --- images -------------------------------------------------------------------------------
 
-    def _subscribe_images(self, group: MutuallyExclusiveCallbackGroup) -> None:
+    def _subscribe_images(self) -> None:
         reliability = (ReliabilityPolicy.RELIABLE if self._value('image_reliability') == 'reliable'
                        else ReliabilityPolicy.BEST_EFFORT)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability)
+        group = self._input_group
         if self._value('compressed'):
             topic = self.resolve_topic_name('image') + '/compressed'
-            self.create_subscription(CompressedImage, topic, self._on_compressed, qos,
-                                     callback_group=group)
+            subscriptions = [self.create_subscription(CompressedImage, topic, self._on_compressed,
+                                                      qos, callback_group=group)]
         else:
             topic = 'image'
-            self.create_subscription(Image, topic, self._on_image, qos, callback_group=group)
+            subscriptions = [self.create_subscription(Image, topic, self._on_image, qos,
+                                                      callback_group=group)]
         self.get_logger().info(f'subscribed to {self.resolve_topic_name(topic)}')
         if self._use_depth:
-            self.create_subscription(Image, 'depth', self._on_depth, qos, callback_group=group)
-            self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos,
-                                     callback_group=group)
+            subscriptions += [
+                self.create_subscription(Image, 'depth', self._on_depth, qos,
+                                         callback_group=group),
+                self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos,
+                                         callback_group=group)]
             self.stats.expect_depth()
             self.get_logger().info(f'depth from {self.resolve_topic_name("depth")}, intrinsics '
                                    f'from {self.resolve_topic_name("camera_info")}')
+        self._image_subscriptions = subscriptions
 
     def _on_image(self, image: Image) -> None:
         with self._guarded('image'):
@@ -526,9 +629,20 @@ class PerceptionNode(Node):
                 while (delay := self._rate.wait_time()) > 0 and not self._stopping.is_set():
                     self._wakeup.wait(delay)
                     self._wakeup.clear()
-                frame = self._slot.take()
-                if frame is not None and not self._stopping.is_set() and self._usable(frame):
-                    self._run_stream(frame)
+                with self._stream_busy:  # deactivate waits for the frame in hand
+                    frame = self._slot.take()
+                    if frame is None or not self._active.is_set() or not self._usable(frame):
+                        continue
+                    try:
+                        self._run_stream(frame)
+                    except OutOfMemory as error:  # skip the frame; the engine trimmed its caches
+                        self._count_out_of_memory(error)
+
+    def _count_out_of_memory(self, error: OutOfMemory) -> None:
+        self.stats.record_error('out of memory')
+        if self._warnings.allow('out of memory'):
+            self.get_logger().warning(f'{error}: the frame or request is skipped, caches '
+                                      'trimmed; the node goes on')
 
     def _run_stream(self, frame: SourceFrame) -> None:
         now = self.get_clock().now().nanoseconds
@@ -633,17 +747,22 @@ class PerceptionNode(Node):
     def _answer(self, question: msg.Question) -> msg.Answer:
         header = None
         try:
+            self._active_engine()  # inactive first: not the question's fault
             text = clean_text(question.question, 'question')
+            engine = self._active_engine()
             frame, _ = self._frame_for(self._max_image_age)
             header = frame.header
-            answer = self._timed('vqa', self._engine.answer,
-                                 frame.engine_frame(self._engine.frame), text)
+            answer = self._timed('vqa', engine.answer, frame.engine_frame(engine.frame), text)
             return conversions.answer_to_msg(question.id, question.question, header, answer)
         except InputError as error:
             self._reject('question', error)
             return conversions.answer_to_msg(question.id, question.question, header,
                                              error=str(error))
-        except (FrameUnavailable, ModelLoadError) as error:
+        except OutOfMemory as error:
+            self._count_out_of_memory(error)
+            return conversions.answer_to_msg(question.id, question.question, header,
+                                             error=str(error))
+        except (FrameUnavailable, ModelLoadError, NotActive) as error:
             return conversions.answer_to_msg(question.id, question.question, header,
                                              error=str(error))
 
@@ -653,13 +772,24 @@ class PerceptionNode(Node):
         response.success, response.message = False, 'internal error (see the node log)'
         with self._guarded(what):
             try:
+                self._active_engine()  # inactive first: not the request's fault
                 answer(request, response)
             except InputError as error:
                 self._reject(what, error)
                 response.message = str(error)
-            except (FrameUnavailable, LocateFailure, ModelLoadError) as error:
+            except OutOfMemory as error:
+                self._count_out_of_memory(error)
+                response.message = str(error)
+            except (FrameUnavailable, LocateFailure, ModelLoadError, NotActive) as error:
                 response.message = str(error)
         return response
+
+    def _active_engine(self) -> PerceptionEngine:
+        """Return the engine while the node is active; NotActive (with the state) if not."""
+        engine = self._engine
+        if not self._active.is_set() or engine is None:
+            raise NotActive(f'inactive (state {self._state})')
+        return engine
 
     def _on_query(self, request: srv.QueryScene.Request,
                   response: srv.QueryScene.Response) -> srv.QueryScene.Response:
@@ -669,8 +799,9 @@ class PerceptionNode(Node):
                       response: srv.QueryScene.Response) -> None:
         labels = clean_labels(request.labels) if request.labels else None
         question = clean_text(request.question, 'question') if request.question.strip() else None
+        engine = self._active_engine()
         frame, age = self._frame_for(request.max_age)
-        scene = self._timed('query', self._engine.describe, frame.engine_frame(self._engine.frame),
+        scene = self._timed('query', engine.describe, frame.engine_frame(engine.frame),
                             labels=labels, question=question, caption=request.caption,
                             tags='tags' in self._capabilities, detect=True)
         if self._use_depth:
@@ -689,11 +820,11 @@ class PerceptionNode(Node):
 
     def _locate(self, request: srv.Locate.Request, response: srv.Locate.Response) -> None:
         query = clean_text(request.query, 'query')
+        engine = self._active_engine()
         frame, age = self._frame_for(request.max_age, with_depth=self._use_depth)
-        threshold = self._threshold or self._engine.detection_threshold
-        matches = self._timed('locate', self._engine.detect,
-                              frame.engine_frame(self._engine.frame), labels=[query],
-                              threshold=threshold)
+        threshold = self._threshold or engine.detection_threshold
+        matches = self._timed('locate', engine.detect, frame.engine_frame(engine.frame),
+                              labels=[query], threshold=threshold)
         if not matches:
             raise LocateFailure(f'no match: nothing in the image scores {threshold:g} or more '
                                 f'for {query!r}')
@@ -725,7 +856,8 @@ class PerceptionNode(Node):
                                                         labels)])[0]
                 response.success = result.successful
                 response.message = result.reason or f'{len(labels)} labels'
-        response.labels = list(self._engine.labels)
+        engine = self._engine
+        response.labels = list(engine.labels) if engine is not None else self._value('labels')
         return response
 
     # --- parameters and diagnostics -----------------------------------------------------------
@@ -763,8 +895,13 @@ class PerceptionNode(Node):
         if reason:
             self._reject('parameter min_depth', reason)
             return SetParametersResult(successful=False, reason=reason)
+        try:
+            wanted = self._models_wanted(changed)
+        except InputError as error:
+            self._reject('parameter preset', error)
+            return SetParametersResult(successful=False, reason=str(error))
         for change in changes:  # labels first: the engine may still refuse them
-            if change.name == 'labels':
+            if change.name == 'labels' and self._engine is not None:
                 try:
                     self._engine.set_labels(change.value)
                 except InputError as error:
@@ -787,7 +924,51 @@ class PerceptionNode(Node):
                 self._max_image_age = change.value
             elif change.name in self._depth:
                 self._depth[change.name] = change.value
+        if wanted:
+            previous = {name: self._value(name) for name in changed
+                        if name == 'preset' or name in parameters.MODEL_PARAMETERS}
+            threading.Thread(target=self._replace_models, args=(self._engine, wanted, previous),
+                             name='models', daemon=True).start()
         return SetParametersResult(successful=True)
+
+    def _models_wanted(self, changed: dict[str, Any]) -> dict[str, str]:
+        """Return the models (by capability) that changed model parameters ask for, if new."""
+        engine = self._engine
+        if engine is None or not {'preset', *parameters.MODEL_PARAMETERS} & changed.keys():
+            return {}  # unconfigured: configure loads what the parameters say
+        preset = changed.get('preset', self._value('preset'))
+        wanted = {}
+        for name, capability in parameters.MODEL_PARAMETERS.items():
+            model_id = engine.model_for(capability, preset=preset,
+                                        override=changed.get(name, self._value(name)) or None)
+            if model_id != engine.model_ids[capability]:
+                wanted[capability] = model_id
+        return wanted
+
+    def _replace_models(self, engine: PerceptionEngine, wanted: dict[str, str],
+                        previous: dict[str, Any]) -> None:
+        """
+        Load each wanted model beside the one serving and swap it in when ready (own thread).
+
+        On a failure (out of memory included) the models serving stay, and the parameters are
+        set back, so that they keep naming the models in use.
+        """
+        for capability, model_id in wanted.items():
+            old = engine.model_ids[capability]
+            self.stats.model_state = f'loading {capability}: {model_id}'
+            self.get_logger().info(f'{capability}: loading {model_id} beside {old}')
+            try:
+                engine.replace_model(capability, model_id, warmup=self._value('warmup'))
+            except (ModelLoadError, OutOfMemory, InputError) as error:
+                self.stats.model_state = 'ready'
+                self.stats.record_error('model load')
+                self.get_logger().error(f'{capability}: keeping {old}, as {model_id} failed: '
+                                        f'{error}')
+                self.set_parameters([Parameter(name, value=value)
+                                     for name, value in previous.items()])
+                return
+            self.get_logger().info(f'{capability}: now {model_id} (was {old})')
+        self.stats.model_state = 'ready'
 
     def _say_starved(self) -> None:
         """While no image arrives, say so on scene_text every scene_period, and in the log."""
@@ -831,14 +1012,20 @@ def main(args: Optional[list[str]] = None) -> int:
     status = 0
     try:
         node = PerceptionNode()
-        node.load_models()
-        node.start()
+        node.start_threads()
+        if node.get_parameter('autostart').value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise node.configure_error or ModelLoadError('configure failed')
+            node.trigger_activate()
+        else:
+            node.get_logger().info('unconfigured (autostart false): waiting for a lifecycle '
+                                   'manager to configure and activate')
         executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except ModelLoadError as error:  # the message names the model and the fix
+    except (ModelLoadError, OutOfMemory) as error:  # the message names the model and the fix
         rclpy.logging.get_logger(NODE_NAME).fatal(str(error))
         status = 1
     except (InputError, ParameterException) as error:

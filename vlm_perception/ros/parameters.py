@@ -32,19 +32,16 @@ class ParameterSpec:
 
 SPECS: tuple[ParameterSpec, ...] = (
     ParameterSpec('preset', 'string', 'default',
-                  'Model preset: a built-in name (default, shapes) or a preset folder.',
-                  read_only=True),
+                  'Model preset: a built-in name (default, shapes) or a preset folder.'),
     ParameterSpec('detector_model', 'string', '',
-                  "Open-vocabulary detector (OWL-ViT/OWLv2 id or folder); empty = the preset's.",
-                  read_only=True),
+                  "Open-vocabulary detector (OWL-ViT/OWLv2 id or folder); empty = the preset's."),
     ParameterSpec('classifier_model', 'string', '',
                   'Zero-shot tagger (open_clip NAME:PRETRAINED, hub id or folder); '
-                  "empty = the preset's.", read_only=True),
+                  "empty = the preset's."),
     ParameterSpec('vqa_model', 'string', '',
-                  "Visual question answering model (ViLT/BLIP); empty = the preset's.",
-                  read_only=True),
+                  "Visual question answering model (ViLT/BLIP); empty = the preset's."),
     ParameterSpec('caption_model', 'string', '',
-                  "Captioning model (BLIP); empty = the preset's.", read_only=True),
+                  "Captioning model (BLIP); empty = the preset's."),
     ParameterSpec('capabilities', 'string_array', list(CAPABILITIES),
                   'Models loaded at start and run on the stream: detect (every processed frame), '
                   'tags and caption (every scene_period), vqa (questions topic). Queries (which '
@@ -80,6 +77,9 @@ SPECS: tuple[ParameterSpec, ...] = (
     ParameterSpec('image_reliability', 'string', 'best_effort',
                   'QoS reliability of the image subscription: best_effort or reliable.',
                   choices=RELIABILITIES, read_only=True),
+    ParameterSpec('autostart', 'bool', True,
+                  'Configure and activate at start (a plain node); false = a managed node that '
+                  'waits unconfigured for a lifecycle manager.', read_only=True),
     ParameterSpec('warmup', 'bool', True,
                   'Run each loaded model once at start so the first frame is not slow.',
                   read_only=True),
@@ -116,6 +116,9 @@ SPECS: tuple[ParameterSpec, ...] = (
 )
 
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
+# Settable at run time: the new model loads beside the one serving, which stays if it fails.
+MODEL_PARAMETERS = {'detector_model': 'detect', 'classifier_model': 'tags', 'vqa_model': 'vqa',
+                    'caption_model': 'caption'}
 
 
 def check(name: str, value: Value) -> Optional[str]:
