@@ -11,7 +11,7 @@ export VLM_PERCEPTION_TEST_DOMAIN := $(ROS_DOMAIN_ID)
 ENV := source .venv/bin/activate && source install/setup.bash
 SETUP_STAMP := .venv/.requirements.sha256
 
-.PHONY: help setup build test lint demo bench models clean
+.PHONY: help setup build test lint demo bench soak models clean
 
 help:
 	@echo "make setup   create .venv and build the package into install/ (idempotent)"
@@ -20,6 +20,8 @@ help:
 	@echo "make lint    flake8 (ament settings) and pep257 only"
 	@echo "make bench   node FPS vs bare-engine FPS on the shapes cases, log/bench/bench.json (~8 min"
 	@echo "             on 2 cores; BENCH_ARGS=--owlvit-b32 adds a random OWL-ViT B/32, ~9 min more)"
+	@echo "make soak    node RSS and rates over 10 min of stream and requests, log/soak/soak.json"
+	@echo "             (SOAK_ARGS=\"--minutes 3\" for a shorter one; --help for the options)"
 	@echo "make models  retrain the shapes-world models from fixed seeds"
 
 setup:
@@ -45,6 +47,11 @@ demo: build
 BENCH_ARGS ?=
 bench: build
 	@$(ENV) && python -m vlm_perception.ros.bench $(BENCH_ARGS)
+
+# Not part of test either. Options: python -m vlm_perception.ros.soak --help
+SOAK_ARGS ?=
+soak: build
+	@$(ENV) && python -m vlm_perception.ros.soak $(SOAK_ARGS)
 
 models: build
 	@$(ENV) && python -m vlm_perception.shapes.train --out vlm_perception/models/shapes

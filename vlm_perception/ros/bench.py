@@ -113,8 +113,9 @@ def run_camera(argv: Sequence[str]) -> int:
     Publish the frames of a .npy file in a loop at a set rate, stamped now; paused at start.
 
     SIGUSR1 resumes; SIGUSR2 pauses, writes the stamps of the frames published since the resume
-    to the --stamps file (JSON) and then prints 'paused <n>' for the n-th pause; SIGINT ends,
-    printing a JSON line of counts. The frame_id is CAMERA_FRAME_<n>, n counting the frames
+    (or the last SIGHUP) to the --stamps file (JSON) and then prints 'paused <n>' for the n-th
+    pause; SIGHUP does the same without pausing and prints 'stamps <n>' for the n-th; SIGINT
+    ends, printing a JSON line of counts. The frame_id is CAMERA_FRAME_<n>, n counting the frames
     published, so receivers know what they missed.
     """
     parser = argparse.ArgumentParser(prog='vlm_perception.ros.bench camera')
@@ -141,32 +142,45 @@ def run_camera(argv: Sequence[str]) -> int:
                           step=WIDTH * 3, data=rgb.tobytes()) for rgb in frames]
         publisher = node.create_publisher(Image, 'image', QoSProfile(depth=1))
     del frames
-    state = {'running': False, 'stop': False}
+    state = {'running': False, 'stop': False, 'report': False}
 
     def on_signal(number: int, _frame: Any) -> None:
         if number == signal.SIGUSR1:
             state['running'] = True
         elif number == signal.SIGUSR2:
             state['running'] = False
+        elif number == signal.SIGHUP:
+            state['report'] = True
         else:
             state['stop'] = True
 
-    for number in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT, signal.SIGTERM):
+    for number in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGINT,
+                   signal.SIGTERM):
         signal.signal(number, on_signal)
     period = 1.0 / options.rate
-    published = skipped = pauses = 0
+    published = skipped = pauses = reports = 0
     due: Optional[float] = None
     stamps: list[int] = []
     stamps_file = Path(options.stamps)
+
+    def write_stamps(event: dict[str, int]) -> None:
+        partial = stamps_file.with_name(stamps_file.name + '.partial')
+        partial.write_text(json.dumps({**event, 'last_seq': published - 1, 'skipped': skipped,
+                                       'stamps': stamps}))
+        partial.replace(stamps_file)
+
     print('camera ready', flush=True)
     while not state['stop']:
+        if state['report']:
+            state['report'] = False
+            reports += 1
+            write_stamps({'report': reports})
+            print(f'stamps {reports}', flush=True)
+            stamps = []
         if not state['running']:
             if due is not None:  # just paused
                 pauses += 1
-                partial = stamps_file.with_name(stamps_file.name + '.partial')
-                partial.write_text(json.dumps({'pause': pauses, 'last_seq': published - 1,
-                                               'skipped': skipped, 'stamps': stamps}))
-                partial.replace(stamps_file)
+                write_stamps({'pause': pauses})
                 print(f'paused {pauses}', flush=True)
                 stamps = []
             due = None
@@ -482,14 +496,34 @@ class Child:
                 'traceback': 'Traceback' in self.output()}
 
 
-def node_command(case: Case, device: str) -> list[str]:
-    """Return the command line of the perception node for a case."""
+def node_command(case: Case, device: str, capabilities: Sequence[str] = ('detect',)) -> list[str]:
+    """Return the command line of the perception node for a case (the stream's capabilities)."""
     args = ['-r', f'__ns:={NAMESPACE}', '-p', f'preset:={case.preset}',
-            '-p', 'capabilities:=[detect]', '-p', f'image_reliability:={case.reliability}',
+            '-p', f'capabilities:=[{",".join(capabilities)}]',
+            '-p', f'image_reliability:={case.reliability}',
             '-p', f'compressed:={str(case.compressed).lower()}', '-p', f'device:={device}']
     if case.detector_model:
         args += ['-p', f'detector_model:={case.detector_model}']
     return [sys.executable, '-m', 'vlm_perception.ros.node', '--ros-args', *args]
+
+
+def start_camera(case: Case, rate: float, frames_file: Path, stamps_file: Path,
+                 log: Path) -> Child:
+    """Start the camera process (run_camera) for a case and wait until it is ready, paused."""
+    command = [sys.executable, '-m', 'vlm_perception.ros.bench', 'camera',
+               '--frames', str(frames_file), '--rate', str(rate), '--stamps', str(stamps_file)]
+    if case.compressed:
+        command.append('--compressed')
+    camera = Child(command, log)
+    camera.wait_for('camera ready', 120.0)
+    return camera
+
+
+def stop_camera(camera: Child) -> dict[str, Any]:
+    """Stop the camera; its exit (camera_stop) and the counts it printed (camera_totals)."""
+    stopped = camera.stop()
+    counts = [line for line in camera.output().splitlines() if line.startswith('{')]
+    return {'camera_stop': stopped, 'camera_totals': json.loads(counts[-1]) if counts else None}
 
 
 # --- what the bench hears ------------------------------------------------------------------------
@@ -557,6 +591,15 @@ class Probe:
                        else (Image, f'{NAMESPACE}/image'))
         self._image_sub = self.node.create_subscription(kind, topic, self._on_frame, qos)
         return topic
+
+    def wait_connected(self, topic: str, timeout: float = 30.0) -> None:
+        """Wait until the camera, the node and this probe's idle subscriber see each other."""
+        # the node and the idle subscriber both matched the camera
+        if not self.spin_until(lambda: self.node.count_publishers(topic) >= 1
+                               and self.node.count_subscribers(topic) >= 2
+                               and self.node.count_publishers(
+                                   f'{NAMESPACE}/detections') >= 1, timeout):
+            raise RuntimeError(f'the camera, node and bench do not see each other on {topic}')
 
     def spin_for(self, seconds: float) -> None:
         """Take messages for seconds."""
@@ -690,21 +733,10 @@ def run_case(case: Case, options: argparse.Namespace, probe: Probe, engine: Any,
         node.wait_for(READY_TEXT, READY_TIMEOUT_S)
         result['node_start_s'] = time.monotonic() - started
         stamps_file = frames_file.with_name(f'{slug}-stamps.json')
-        camera_command = [sys.executable, '-m', 'vlm_perception.ros.bench', 'camera',
-                          '--frames', str(frames_file), '--rate', str(options.rate),
-                          '--stamps', str(stamps_file)]
-        if case.compressed:
-            camera_command.append('--compressed')
-        camera = Child(camera_command, logs / f'{slug}-camera.log')
-        camera.wait_for('camera ready', 120.0)
-        topic = probe.listen(case)
+        camera = start_camera(case, options.rate, frames_file, stamps_file,
+                              logs / f'{slug}-camera.log')
+        probe.wait_connected(probe.listen(case))
         pids = {'node': node.process.pid, 'camera': camera.process.pid, 'bench': os.getpid()}
-        # the node and the idle subscriber both matched the camera
-        if not probe.spin_until(lambda: probe.node.count_publishers(topic) >= 1
-                                and probe.node.count_subscribers(topic) >= 2
-                                and probe.node.count_publishers(
-                                    f'{NAMESPACE}/detections') >= 1, 30.0):
-            raise RuntimeError(f'the camera, node and bench do not see each other on {topic}')
         repeats = []
         for repeat in range(options.repeats):
             print(f'  {case.name} repeat {repeat + 1}/{options.repeats}: engine', end='',
@@ -723,9 +755,7 @@ def run_case(case: Case, options: argparse.Namespace, probe: Probe, engine: Any,
         result['repeats'] = repeats
     finally:
         if camera is not None:
-            result['camera_stop'] = camera.stop()
-            counts = [line for line in camera.output().splitlines() if line.startswith('{')]
-            result['camera_totals'] = json.loads(counts[-1]) if counts else None
+            result.update(stop_camera(camera))
         result['node_stop'] = node.stop()
         result['node_log'] = str(node.log)
     result['duration_s'] = time.monotonic() - started
@@ -785,10 +815,16 @@ COLUMNS = (('case', 34), ('engine FPS', 10), ('camera Hz', 9), ('node FPS', 8),
            ('node in Hz', 10), ('inf ms eng/node', 15), ('others eng/node', 15))
 
 
+def aligned(cells: Sequence[str], widths: Sequence[int]) -> str:
+    """Return one line of a fixed-width table: the first cell left-aligned, the others right."""
+    return '  '.join(f'{cell:>{width}}' if index else f'{cell:<{width}}'
+                     for index, (cell, width) in enumerate(zip(cells, widths)))
+
+
 def table(cases: list[dict[str, Any]]) -> str:
     """Return the results as a fixed-width table."""
-    lines = ['  '.join(f'{title:>{width}}' if index else f'{title:<{width}}'
-                       for index, (title, width) in enumerate(COLUMNS))]
+    widths = [width for _, width in COLUMNS]
+    lines = [aligned([title for title, _ in COLUMNS], widths)]
     for case in cases:
         mark = 'ok' if case['meets_target'] else 'LOW'
         cells = [
@@ -798,8 +834,7 @@ def table(cases: list[dict[str, Any]]) -> str:
             _fmt(case['bound_ms'], 0), _fmt(case['idle_hz']), _fmt(case['node_input_hz']),
             f'{_fmt(case["engine_inference_ms"], 0)}/{_fmt(case["node_detect_ms"], 0)}',
             f'{_fmt(case["others_cores_engine"], 2)}/{_fmt(case["others_cores_node"], 2)}']
-        lines.append('  '.join(f'{cell:>{width}}' if index else f'{cell:<{width}}'
-                               for index, (cell, (_, width)) in enumerate(zip(cells, COLUMNS))))
+        lines.append(aligned(cells, widths))
     return '\n'.join(lines)
 
 
@@ -843,6 +878,28 @@ def meta(options: argparse.Namespace, engine_device: str) -> dict[str, Any]:
 
 # --- main ----------------------------------------------------------------------------------------
 
+def add_node_arguments(parser: argparse.ArgumentParser, of: str) -> None:
+    """Add the options of camera and node: --rate, --frames, --preset, --device, --threads."""
+    parser.add_argument('--rate', type=float, default=30.0, help='camera rate, Hz (default 30)')
+    parser.add_argument('--frames', type=int, default=60,
+                        help='distinct frames pre-rendered and looped (default 60)')
+    parser.add_argument('--preset', default='shapes',
+                        help=f'preset of {of}: name or folder (default shapes)')
+    parser.add_argument('--device', default='auto', help=f'device of {of}')
+    parser.add_argument('--threads', type=int, default=None,
+                        help=f'torch CPU threads of {of} (OMP_NUM_THREADS for the '
+                             "node); default: torch's own, as the node runs normally")
+
+
+def set_environment(threads: Optional[int]) -> None:
+    """Keep DDS on loopback, in a domain of its own unless one is set; torch threads if given."""
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    if 'ROS_DOMAIN_ID' not in os.environ:
+        os.environ['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 101))
+    if threads is not None:  # before torch starts, here and in the node
+        os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = str(threads)
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """Parse the bench's command line."""
     parser = argparse.ArgumentParser(
@@ -853,19 +910,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument('--warmup', type=float, default=3.0,
                         help='warm-up before each measurement (default 3)')
     parser.add_argument('--repeats', type=int, default=3, help='repeats per case (default 3)')
-    parser.add_argument('--rate', type=float, default=30.0, help='camera rate, Hz (default 30)')
-    parser.add_argument('--frames', type=int, default=60,
-                        help='distinct frames pre-rendered and looped (default 60)')
+    add_node_arguments(parser, 'node and engine')
     parser.add_argument('--case', action='append', dest='cases', type=parse_case,
                         metavar='INPUT-RELIABILITY',
                         help='raw or compressed, best_effort or reliable, e.g. raw-reliable; '
                              f'repeatable (default: {", ".join(DEFAULT_CASES)})')
-    parser.add_argument('--preset', default='shapes',
-                        help='preset of node and engine: name or folder (default shapes)')
-    parser.add_argument('--device', default='auto', help='device of node and engine')
-    parser.add_argument('--threads', type=int, default=None,
-                        help='torch CPU threads of node and engine (OMP_NUM_THREADS for the '
-                             "node); default: torch's own, as the node runs normally")
     parser.add_argument('--engine-thread', choices=('worker', 'main'), default='worker',
                         help='thread of the bare-engine measurement: a worker thread, as the '
                              "node's executor (default), or the main thread")
@@ -901,11 +950,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ['camera']:
         return run_camera(argv[1:])
     options = parse_args(argv)
-    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    if 'ROS_DOMAIN_ID' not in os.environ:
-        os.environ['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 101))
-    if options.threads is not None:  # before torch starts, here and in the node
-        os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = str(options.threads)
+    set_environment(options.threads)
     started = time.monotonic()
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
