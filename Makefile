@@ -7,6 +7,9 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export ROS_DOMAIN_ID := $(shell shuf -i 1-101 -n 1)
 # Tests start their own graph processes; one run must not hear another beside it.
 export VLM_PERCEPTION_TEST_DOMAIN := $(ROS_DOMAIN_ID)
+# Camera-sized frames go whole through a 10 MB shared-memory segment, as under the launch file
+# (see the file); a profile you export wins.
+export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_large_frames.xml
 
 ENV := source .venv/bin/activate && source install/setup.bash
 SETUP_STAMP := .venv/.requirements.sha256

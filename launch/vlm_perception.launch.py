@@ -7,9 +7,9 @@ Launch perception_node, optionally with the simulated shapes camera and rviz.
     ros2 launch vlm_perception vlm_perception.launch.py image:=/camera/camera/color/image_raw \
         depth:=/camera/camera/aligned_depth_to_color/image_raw use_depth:=true
 
-Model and stream settings live in params_file (config/params.yaml by default); only the preset
-and use_depth have their own arguments. Everything runs in `namespace`; the image, depth and
-camera_info topics are remapped (camera_info defaults to the image topic's sibling, as
+Model and stream settings live in params_file (config/params.yaml by default); only preset,
+use_depth and autostart have arguments of their own. Everything runs in `namespace`; the image,
+depth and camera_info topics are remapped (camera_info defaults to the image topic's sibling, as
 image_transport pairs them).
 
 `enclave` (e.g. enclave:=/vlm_perception) starts perception_node and shapes_camera with
@@ -48,6 +48,8 @@ ARGUMENTS = {
     'camera_info': ('', 'camera_info of the image (remaps camera_info); empty = '
                         '<dirname(image)>/camera_info'),
     'use_depth': ('', "place detections in 3D from depth (true/false); empty = params_file's"),
+    'autostart': ('', 'configure and activate perception_node at start (true/false); false = a '
+                      "managed node for a lifecycle manager; empty = params_file's"),
     'namespace': ('', 'namespace of the node, camera and rviz'),
     'sim_camera': ('false', 'also start shapes_camera publishing on the image topic'),
     'rviz': ('false', 'also start rviz2 with the annotated image and markers'),
@@ -85,9 +87,9 @@ def _nodes(context: LaunchContext) -> list:
     preset = LaunchConfiguration('preset').perform(context)
     if preset:
         parameters.append({'preset': preset})
-    use_depth = LaunchConfiguration('use_depth').perform(context)
-    if use_depth:
-        parameters.append({'use_depth': _is_true(context, 'use_depth')})
+    for switch in ('use_depth', 'autostart'):
+        if LaunchConfiguration(switch).perform(context):
+            parameters.append({switch: _is_true(context, switch)})
     remappings = _camera_remappings(context)
     namespace = LaunchConfiguration('namespace')
     ros_arguments = _ros_arguments(context)
