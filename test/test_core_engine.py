@@ -97,6 +97,17 @@ def test_owlv2_detector_through_the_engine(tiny_preset, tiny_models: dict) -> No
     assert engine.detect(_image(30, 90), labels='cup, red circle', threshold=0.0)
 
 
+def test_owlv2_boxes_in_the_padding_are_dropped_not_kept_with_no_area(tiny_preset,
+                                                                     tiny_models: dict) -> None:
+    # OWLv2 pads a wide image at the bottom: patches there predict boxes that the clipping to
+    # the image flattens to zero height, and NMS keeps those (IoU 0/0), so all of them came out.
+    engine = _engine(tiny_preset, detector_model=str(tiny_models['detector_v2']))
+    detections = engine.detect(_image(20, 90), labels='cup, red circle', threshold=0.0)
+    assert detections
+    flat = [d for d in detections if d.size_x <= 0 or d.size_y <= 0]
+    assert not flat, f'{len(flat)} of {len(detections)} boxes have no area'
+
+
 def test_label_embeddings_are_cached_per_vocabulary_not_per_frame(tiny_preset) -> None:
     engine = _engine(tiny_preset)
     text_model = engine.backend('detect').model.owlvit.text_model
