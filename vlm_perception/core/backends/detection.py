@@ -76,6 +76,10 @@ class OwlViTDetector(HFBackend):
             encoding.boxes[0][keep].float().cpu().numpy(), encoding.height, encoding.width,
             self.fit))  # (N, 4): cx, cy, w, h in pixels
         kept_scores, kept_queries = scores[keep].cpu().double(), query_index[keep].cpu()
+        # Boxes lying in OWLv2's padding have no area once clipped, and NMS keeps them (IoU 0/0).
+        has_area = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
+        boxes, kept_scores, kept_queries = boxes[has_area], kept_scores[has_area], \
+            kept_queries[has_area]
         corners = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1)
         best_first = batched_nms(corners, kept_scores, kept_queries, DUPLICATE_IOU).tolist()
         return [RawDetection(int(kept_queries[i]), float(kept_scores[i]),
