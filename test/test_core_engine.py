@@ -97,8 +97,8 @@ def test_owlv2_detector_through_the_engine(tiny_preset, tiny_models: dict) -> No
     assert engine.detect(_image(30, 90), labels='cup, red circle', threshold=0.0)
 
 
-def test_owlv2_boxes_in_the_padding_are_dropped_not_kept_with_no_area(tiny_preset,
-                                                                     tiny_models: dict) -> None:
+def test_owlv2_boxes_in_the_padding_are_dropped_not_kept_with_no_area(
+        tiny_preset, tiny_models: dict) -> None:
     # OWLv2 pads a wide image at the bottom: patches there predict boxes that the clipping to
     # the image flattens to zero height, and NMS keeps those (IoU 0/0), so all of them came out.
     engine = _engine(tiny_preset, detector_model=str(tiny_models['detector_v2']))
@@ -280,3 +280,21 @@ def test_cuda_end_to_end(tiny_preset, tiny_models: dict, dtype: str) -> None:
         assert all(math.isfinite(s) for s in scores + [scene.answer.confidence])
         model = engine.backend('detect').model
         assert next(model.parameters()).device.type == 'cuda'
+
+
+def test_every_registered_backend_keeps_its_capability_contract(tiny_preset) -> None:
+    from importlib import import_module
+
+    from vlm_perception.core.backends import REGISTRY
+    from vlm_perception.core.backends.contracts import CONTRACTS
+
+    for (capability, _), entry in REGISTRY.items():
+        module_name, class_name = entry.split(':')
+        backend_class = getattr(import_module(f'vlm_perception.core.backends.{module_name}'),
+                                class_name)
+        methods = [name for name in dir(CONTRACTS[capability])
+                   if not name.startswith('_') and callable(getattr(CONTRACTS[capability], name))]
+        assert methods and all(callable(getattr(backend_class, name, None)) for name in methods)
+    engine = _engine(tiny_preset)
+    for capability, contract in CONTRACTS.items():
+        assert isinstance(engine.backend(capability), contract)

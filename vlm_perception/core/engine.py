@@ -30,11 +30,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from vlm_perception.core.backends.contracts import Answerer, Captioner, Detector, Tagger
 from vlm_perception.core.cache import TextEmbeddingCache
 from vlm_perception.core.device import resolve_device, resolve_dtype
 from vlm_perception.core.errors import InputError, OutOfMemory
 from vlm_perception.core.faults import FaultInjector
-from vlm_perception.core.image import to_rgb
+from vlm_perception.core.frame import Frame
 from vlm_perception.core.presets import get_preset
 from vlm_perception.core.scheduling import FairLock
 from vlm_perception.core.summary import summarize
@@ -61,39 +62,6 @@ class EngineConfig:
     labels: Sequence[str] | None = None
     tag_labels: Sequence[str] | None = None
     detection_threshold: float | None = None
-
-
-class Frame:
-    """
-    One validated RGB image plus the image encodings models made of it.
-
-    The encodings live on the frame and go with it: dropping the frame frees them.
-    """
-
-    def __init__(self, image: np.ndarray) -> None:
-        """Validate and convert the image (see image.to_rgb); keep it C-contiguous."""
-        self.image = np.ascontiguousarray(to_rgb(image))
-        self.height, self.width = self.image.shape[:2]
-        self._encodings: dict[str, Any] = {}
-
-    def encoding(self, model_key: str, encode: Callable[[np.ndarray], Any]) -> Any:
-        """Return this frame's encoding by one model, computing it on first request."""
-        if model_key not in self._encodings:
-            self._encodings[model_key] = encode(self.image)
-        return self._encodings[model_key]
-
-    def drop_encodings(self) -> None:
-        """Forget every encoding of the frame (done when a model ran out of memory on it)."""
-        self._encodings.clear()
-
-    def crop(self, detection: Detection) -> np.ndarray:
-        """Return the pixels inside a detection's box (at least one pixel)."""
-        x0, y0, x1, y1 = detection.box
-        left = min(max(int(math.floor(x0)), 0), self.width - 1)
-        top = min(max(int(math.floor(y0)), 0), self.height - 1)
-        right = max(min(int(math.ceil(x1)), self.width), left + 1)
-        bottom = max(min(int(math.ceil(y1)), self.height), top + 1)
-        return np.ascontiguousarray(self.image[top:bottom, left:right])
 
 
 def clean_labels(labels: Iterable[str] | str | None) -> list[str]:
@@ -362,11 +330,6 @@ class PerceptionEngine:
         """Wrap an HxWx3 uint8 RGB array (grey, RGBA, 16-bit, float converted) as a Frame."""
         return image if isinstance(image, Frame) else Frame(image)
 
-    def _text_embeddings(self, backend: Any, labels: list[str]) -> Any:
-        import torch
-
-        return torch.stack(self._text_cache.get(backend.key, labels, backend.encode_text))
-
     # --- capabilities -------------------------------------------------------------------------
 
     def detect(self, frame: np.ndarray | Frame, labels: Iterable[str] | str | None = None,
@@ -379,13 +342,12 @@ class PerceptionEngine:
 
     def _detect(self, frame: Frame, labels: list[str], threshold: float, backend: Any = None,
                 what: str | None = None) -> list[Detection]:
-        def work(backend: Any) -> Any:
-            encoding = frame.encoding(backend.key, backend.encode_image)
-            return backend.detect(encoding, self._text_embeddings(backend, labels), threshold)
+        def work(backend: Detector) -> list[Detection]:
+            return backend.detect(frame, labels, threshold, self._text_cache)
 
         found = self._run('detect', frame, work, backend, what)
-        return [Detection(labels[raw.query], _finite_score(raw.score), *raw.box)
-                for raw in found]
+        return [dataclasses.replace(detection, score=_finite_score(detection.score))
+                for detection in found]
 
     def tags(self, frame: np.ndarray | Frame, labels: Iterable[str] | str | None = None,
              top_k: int | None = 5) -> list[LabelScore]:
@@ -396,9 +358,8 @@ class PerceptionEngine:
 
     def _tags(self, frame: Frame, labels: list[str], top_k: int | None, backend: Any = None,
               what: str | None = None) -> list[LabelScore]:
-        def work(backend: Any) -> Any:
-            image_embedding = frame.encoding(backend.key, backend.encode_image)
-            return backend.scores(image_embedding, self._text_embeddings(backend, labels))[0]
+        def work(backend: Tagger) -> np.ndarray:
+            return backend.scores(frame, labels, self._text_cache)
 
         return self._ranked(labels, self._run('tags', frame, work, backend, what), top_k)
 
@@ -414,9 +375,9 @@ class PerceptionEngine:
         if not detections:
             return []
 
-        def work(backend: Any) -> Any:
-            crops = backend.encode_images([frame.crop(detection) for detection in detections])
-            return backend.scores(crops, self._text_embeddings(backend, labels))
+        def work(backend: Tagger) -> np.ndarray:
+            return backend.crop_scores([frame.crop(detection) for detection in detections],
+                                       labels, self._text_cache)
 
         scores = self._run('tags', frame, work, what='classify_crops')
         return [self._ranked(labels, row, 1)[0] for row in scores]
@@ -439,9 +400,8 @@ class PerceptionEngine:
 
     def _answer(self, frame: Frame, question: str, backend: Any = None,
                 what: str | None = None) -> Answer:
-        def work(backend: Any) -> Any:
-            encoding = frame.encoding(backend.key, backend.encode_image)
-            return backend.answer(encoding, question)
+        def work(backend: Answerer) -> tuple[str, float]:
+            return backend.answer(frame, question)
 
         text, confidence = self._run('vqa', frame, work, backend, what)
         return Answer(question, text, _finite_score(confidence))
@@ -454,9 +414,8 @@ class PerceptionEngine:
 
     def _caption(self, frame: Frame, prompt: str | None, backend: Any = None,
                  what: str | None = None) -> str:
-        def work(backend: Any) -> Any:
-            encoding = frame.encoding(backend.key, backend.encode_image)
-            return backend.caption(encoding, prompt)
+        def work(backend: Captioner) -> str:
+            return backend.caption(frame, prompt)
 
         return self._run('caption', frame, work, backend, what)
 

@@ -2,13 +2,15 @@
 Model backends, one module per capability; a registry picks the class from the architecture.
 
 The registry maps (capability, architecture key) to a backend class, where the architecture key
-is the transformers ``model_type`` of the model's config, or ``open_clip``. Backend modules are
-imported only when a model of theirs is loaded, so an unused capability costs nothing.
+is the transformers ``model_type`` of the model's config, or ``open_clip``; each class keeps the
+capability's contract (contracts.py). Backend modules are imported only when a model of theirs
+is loaded, so an unused capability costs nothing.
 """
 
 from importlib import import_module
 from typing import Any
 
+from vlm_perception.core.backends.contracts import CONTRACTS
 from vlm_perception.core.errors import ModelLoadError
 from vlm_perception.core.loading import model_type
 
@@ -33,4 +35,9 @@ def create_backend(capability: str, model_id: str, device: str, dtype: str) -> A
                              f'{capability} (supported: {supported})')
     module_name, class_name = entry.split(':')
     backend_class = getattr(import_module(f'{__name__}.{module_name}'), class_name)
-    return backend_class(model_id, device, dtype)
+    backend = backend_class(model_id, device, dtype)
+    contract = CONTRACTS[capability]
+    if not isinstance(backend, contract):  # a registered class that does not keep its contract
+        raise ModelLoadError(f'{class_name} does not implement {contract.__name__}, which '
+                             f'{capability} needs')
+    return backend

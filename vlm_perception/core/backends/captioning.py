@@ -5,6 +5,7 @@ import torch
 
 from vlm_perception.core.backends.base import HFBackend
 from vlm_perception.core.backends.blip import generate_text
+from vlm_perception.core.frame import Frame
 
 MAX_CAPTION_TOKENS = 30
 
@@ -19,8 +20,9 @@ class BlipCaptioner(HFBackend):
         """Return the vision encoder's hidden states (1, 1 + patches, hidden)."""
         return self.model.vision_model(pixel_values=self.pixels(image)['pixel_values'])[0]
 
-    def caption(self, image_states: torch.Tensor, prompt: str | None = None) -> str:
+    def caption(self, frame: Frame, prompt: str | None = None) -> str:
         """Generate a caption greedily; with a prompt, the caption continues it (as in BLIP)."""
+        image_states = frame.encoding(self.key, self.encode_image)
         start = None
         if prompt:
             # The decoder's positions hold the prompt less its closing token plus the caption.

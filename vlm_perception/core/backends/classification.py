@@ -5,6 +5,8 @@ from PIL import Image
 import torch
 
 from vlm_perception.core.backends.base import Backend
+from vlm_perception.core.cache import TextEmbeddingCache
+from vlm_perception.core.frame import Frame
 from vlm_perception.core.loading import load_open_clip
 
 
@@ -34,8 +36,20 @@ class OpenClipClassifier(Backend):
         features = self.model.encode_text(self.tokenizer(labels).to(self.device))
         return list(torch.nn.functional.normalize(features.float(), dim=-1))
 
-    def scores(self, image_embeddings: torch.Tensor, label_embeddings: torch.Tensor) -> np.ndarray:
-        """Softmax over labels of CLIP's scaled cosine similarity: (N, D), (Q, D) -> (N, Q)."""
+    def scores(self, frame: Frame, labels: list[str],
+               text_cache: TextEmbeddingCache) -> np.ndarray:
+        """Return the (Q,) scores of the labels for the whole frame (its encoding is kept)."""
+        return self._scores(frame.encoding(self.key, self.encode_image), labels, text_cache)[0]
+
+    def crop_scores(self, crops: list[np.ndarray], labels: list[str],
+                    text_cache: TextEmbeddingCache) -> np.ndarray:
+        """Return the (N, Q) scores of the labels for N crops."""
+        return self._scores(self.encode_images(crops), labels, text_cache)
+
+    def _scores(self, image_embeddings: torch.Tensor, labels: list[str],
+                text_cache: TextEmbeddingCache) -> np.ndarray:
+        """Softmax over labels of CLIP's scaled cosine similarity: (N, Q)."""
+        label_embeddings = torch.stack(text_cache.get(self.key, labels, self.encode_text))
         scale = self.model.logit_scale.exp().float()
         logits = scale * image_embeddings.reshape(-1, label_embeddings.shape[-1]) @ \
             label_embeddings.T

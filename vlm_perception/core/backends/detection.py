@@ -7,7 +7,10 @@ import torch
 from torchvision.ops import batched_nms
 
 from vlm_perception.core.backends.base import HFBackend
+from vlm_perception.core.cache import TextEmbeddingCache
+from vlm_perception.core.frame import Frame
 from vlm_perception.core.geometry import boxes_to_pixels, PAD, STRETCH
+from vlm_perception.core.types import Detection
 
 # OWL predicts a box per patch, so one object is often found by neighbouring patches too: a box
 # overlapping a better-scored box of the same label by more than this IoU is dropped.
@@ -22,15 +25,6 @@ class DetectionImageEncoding:
     boxes: torch.Tensor            # (1, patches, 4): cx, cy, w, h fractions of the network input
     height: int                    # of the source image
     width: int
-
-
-@dataclass
-class RawDetection:
-    """A detection before labels are attached: query index, score, pixel box."""
-
-    query: int
-    score: float
-    box: tuple[float, float, float, float]  # centre x, centre y, width, height in pixels
 
 
 class OwlViTDetector(HFBackend):
@@ -59,13 +53,16 @@ class OwlViTDetector(HFBackend):
         inputs = self.tokens(labels, padding='max_length', truncation=True, max_length=length)
         return list(self._clip.get_text_features(**inputs).pooler_output)
 
-    def detect(self, encoding: DetectionImageEncoding, queries: torch.Tensor,
-               threshold: float) -> list[RawDetection]:
+    def detect(self, frame: Frame, labels: list[str], threshold: float,
+               text_cache: TextEmbeddingCache) -> list[Detection]:
         """
-        Score every patch against the (Q, D) queries; keep each patch's best query.
+        Score every patch against one query embedding per label; keep each patch's best label.
 
-        Returns detections at or above the threshold, best first, without duplicates.
+        Returns detections at or above the threshold, best first, without duplicates. The image
+        encoding is the frame's; label embeddings come from the text cache.
         """
+        encoding = frame.encoding(self.key, self.encode_image)
+        queries = torch.stack(text_cache.get(self.key, labels, self.encode_text))
         logits, _ = self.model.class_predictor(encoding.image_features, queries[None])
         probabilities = torch.sigmoid(logits[0].float())  # (patches, Q)
         scores, query_index = probabilities.max(dim=-1)
@@ -82,8 +79,8 @@ class OwlViTDetector(HFBackend):
             kept_queries[has_area]
         corners = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1)
         best_first = batched_nms(corners, kept_scores, kept_queries, DUPLICATE_IOU).tolist()
-        return [RawDetection(int(kept_queries[i]), float(kept_scores[i]),
-                             tuple(float(v) for v in boxes[i])) for i in best_first]
+        return [Detection(labels[int(kept_queries[i])], float(kept_scores[i]),
+                          *(float(v) for v in boxes[i])) for i in best_first]
 
 
 class Owlv2Detector(OwlViTDetector):

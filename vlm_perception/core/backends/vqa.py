@@ -7,6 +7,7 @@ import torch
 
 from vlm_perception.core.backends.base import HFBackend
 from vlm_perception.core.backends.blip import generate_text
+from vlm_perception.core.frame import Frame
 
 MAX_ANSWER_TOKENS = 10
 
@@ -33,8 +34,9 @@ class ViltAnswerer(HFBackend):
             max_image_length=self.config.max_image_length)
         return ViltImageEncoding(patches, mask)
 
-    def answer(self, encoding: ViltImageEncoding, question: str) -> tuple[str, float]:
+    def answer(self, frame: Frame, question: str) -> tuple[str, float]:
         """Return the most probable answer of the answer vocabulary and its probability."""
+        encoding = frame.encoding(self.key, self.encode_image)
         length = self.config.max_position_embeddings
         # Without truncation an over-long question stays whole, for limited_tokens to refuse.
         inputs = self.limited_tokens(question, 'question', length, padding='max_length',
@@ -56,8 +58,9 @@ class BlipAnswerer(HFBackend):
         """Return the vision encoder's hidden states (1, 1 + patches, hidden)."""
         return self.model.vision_model(pixel_values=self.pixels(image)['pixel_values'])[0]
 
-    def answer(self, image_states: torch.Tensor, question: str) -> tuple[str, float]:
+    def answer(self, frame: Frame, question: str) -> tuple[str, float]:
         """Generate an answer greedily; confidence is the probability of the whole answer."""
+        image_states = frame.encoding(self.key, self.encode_image)
         inputs = self.limited_tokens(question, 'question',
                                      self.config.text_config.max_position_embeddings)
         image_mask = torch.ones(image_states.shape[:-1], dtype=torch.long, device=self.device)

@@ -1,0 +1,66 @@
+"""
+What the engine asks of a backend, one contract per capability.
+
+A backend owns its model's inputs and outputs: it encodes the Frame once per model (through
+``Frame.encoding`` under its ``key``), keeps what it can reuse across frames in the text cache,
+and returns the core's result types. The engine keeps validation, locking, fault handling and
+the Frame. A model that serves several capabilities (a generative VLM answering and captioning)
+is one backend object implementing several contracts.
+"""
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from vlm_perception.core.cache import TextEmbeddingCache
+from vlm_perception.core.frame import Frame
+from vlm_perception.core.types import Detection
+
+
+@runtime_checkable
+class Model(Protocol):
+    """Identity of a loaded model: its id and the key of its caches (id, device, dtype)."""
+
+    model_id: str
+    key: str
+
+
+@runtime_checkable
+class Detector(Model, Protocol):
+    """Open-vocabulary detection: boxes of labels in a frame."""
+
+    def detect(self, frame: Frame, labels: list[str], threshold: float,
+               text_cache: TextEmbeddingCache) -> list[Detection]:
+        """Return the detections scoring threshold or more, best first; labels as given."""
+
+
+@runtime_checkable
+class Tagger(Model, Protocol):
+    """Zero-shot classification of a whole frame or of crops."""
+
+    def scores(self, frame: Frame, labels: list[str],
+               text_cache: TextEmbeddingCache) -> np.ndarray:
+        """Return the (Q,) score of each label for the whole frame, 0..1."""
+
+    def crop_scores(self, crops: list[np.ndarray], labels: list[str],
+                    text_cache: TextEmbeddingCache) -> np.ndarray:
+        """Return the (N, Q) scores of each label for N RGB crops."""
+
+
+@runtime_checkable
+class Answerer(Model, Protocol):
+    """Visual question answering."""
+
+    def answer(self, frame: Frame, question: str) -> tuple[str, float]:
+        """Return the answer and its confidence, 0..1."""
+
+
+@runtime_checkable
+class Captioner(Model, Protocol):
+    """Image captioning, optionally continuing a prompt."""
+
+    def caption(self, frame: Frame, prompt: str | None) -> str:
+        """Return a caption of the frame, continuing the prompt when one is given."""
+
+
+CONTRACTS = {'detect': Detector, 'tags': Tagger, 'vqa': Answerer, 'caption': Captioner}
