@@ -109,7 +109,10 @@ DEPTH_SETTINGS = ('depth_scale', 'min_depth', 'max_depth', 'depth_slop', 'target
                   'tf_timeout')
 ADDED_LATENCY_ENV = 'VLM_PERCEPTION_ADDED_LATENCY'
 THROTTLE_S = 5.0
-EXECUTOR_THREADS = 5  # the node's four callback groups, its default one and tf2's listener
+EXECUTOR_THREADS = 6  # the node's five callback groups, its default one and tf2's listener
+# While the stream infers, the image callback waits (at most this long) for it to finish, so that
+# newer frames wait in DDS (the newest only, depth 1) instead of waking the executor each.
+HOLD_WHILE_INFERRING_S = 1.0
 DEPTH_SPAN_S, DEPTH_IMAGES = 1.0, 30   # depth images kept for pairing
 MIN_MARKER_LIFETIME_S = 0.5
 MIN_STARVED_PERIOD_S = 0.5  # 'no image' on scene_text at most this often
@@ -179,6 +182,9 @@ class PerceptionNode(LifecycleNode):
         self._state = 'unconfigured'  # the lifecycle state label, once a transition is done
         self._active = threading.Event()  # the stream runs; requests are served
         self._stream_busy = threading.Lock()  # held while the stream processes a frame
+        self._inference = threading.Condition()  # notified when the stream's inference ends
+        self._inferring = False
+        self._image_subscription: Any = None  # image or compressed, while active
         self._image_subscriptions: list[Any] = []
         self.configure_error: Optional[Exception] = None
         self._wakeup = threading.Event()  # the stream's rate wait ends early: stop, new max_rate
@@ -211,6 +217,7 @@ class PerceptionNode(LifecycleNode):
         self._frame_ready = threading.Event()
         self._stream_thread = threading.Thread(target=self._stream, name='stream', daemon=True)
         self._input_group = MutuallyExclusiveCallbackGroup()  # images: keep the newest frame
+        self._depth_group = MutuallyExclusiveCallbackGroup()  # depth, camera_info: never held
         request_group = MutuallyExclusiveCallbackGroup()  # query and locate (use the engine)
         question_group = MutuallyExclusiveCallbackGroup()  # questions: only queued here
         control_group = MutuallyExclusiveCallbackGroup()  # set_labels, diagnostics
@@ -358,6 +365,8 @@ class PerceptionNode(LifecycleNode):
     def _pause(self) -> None:
         """Stop taking images and wait for the frame being processed (the stream then waits)."""
         self._active.clear()
+        self._release_held()
+        self._image_subscription = None
         for subscription in self._image_subscriptions:
             self.destroy_subscription(subscription)
         self._image_subscriptions = []
@@ -389,6 +398,7 @@ class PerceptionNode(LifecycleNode):
         """End the stream and question threads (each after the frame or question in hand)."""
         self._stopping.set()
         self._active.clear()
+        self._release_held()
         self._wakeup.set()
         self._frame_ready.set()
         if self._stream_thread.is_alive():
@@ -493,10 +503,9 @@ class PerceptionNode(LifecycleNode):
     def _mark_paired(self, frame: Optional[SourceFrame], depth_stamp_ns: int) -> None:
         """Remember frame as the newest with a depth image, if depth_stamp_ns pairs with it."""
         if frame is not None and abs(frame.stamp_ns - depth_stamp_ns) <= \
-                self._depth['depth_slop'] * 1e9:
-            with self._latest_lock:
-                if self._latest_paired is None or frame.stamp_ns >= self._latest_paired.stamp_ns:
-                    self._latest_paired = frame
+                self._depth['depth_slop'] * 1e9:  # the caller holds _latest_lock
+            if self._latest_paired is None or frame.stamp_ns >= self._latest_paired.stamp_ns:
+                self._latest_paired = frame
 
     def _placed(self, frame: SourceFrame,
                 detections: list[Detection]) -> tuple[list[Detection], str]:
@@ -550,21 +559,24 @@ class PerceptionNode(LifecycleNode):
         if self._use_depth:
             subscriptions += [
                 self.create_subscription(Image, 'depth', self._on_depth, qos,
-                                         callback_group=group),
+                                         callback_group=self._depth_group),
                 self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos,
-                                         callback_group=group)]
+                                         callback_group=self._depth_group)]
             self.stats.expect_depth()
             self.get_logger().info(f'depth from {self.resolve_topic_name("depth")}, intrinsics '
                                    f'from {self.resolve_topic_name("camera_info")}')
         self._image_subscriptions = subscriptions
+        self._image_subscription = subscriptions[0]
 
     def _on_image(self, image: Image) -> None:
         with self._guarded('image'):
+            image = self._newest(image)
             self._keep(image.header, lambda: conversions.image_to_rgb(image), 'image')
 
     def _on_compressed(self, image: CompressedImage) -> None:
         """Keep the newest compressed frame undecoded: it is decoded when taken, if ever."""
         with self._guarded('compressed image'):
+            image = self._newest(image)
             try:
                 data = conversions.checked_compressed_data(image)
             except InputError as error:
@@ -582,11 +594,10 @@ class PerceptionNode(LifecycleNode):
                 self._reject('depth', error)
                 return
             stamp = conversions.stamp_ns(image.header.stamp)
-            self._depth_images.add(stamp, depth)
+            with self._latest_lock:  # against the image callback, which pairs the other way
+                self._depth_images.add(stamp, depth)
+                self._mark_paired(self._latest, stamp)
             self.stats.record_depth()
-            with self._latest_lock:
-                latest = self._latest
-            self._mark_paired(latest, stamp)
 
     def _on_camera_info(self, info: CameraInfo) -> None:
         with self._guarded('camera_info'):
@@ -611,14 +622,46 @@ class PerceptionNode(LifecycleNode):
             return  # rejected: the previous frame stays the newest
         with self._latest_lock:
             self._latest = frame
-        if self._use_depth:
-            depth_stamp = self._depth_images.nearest_stamp(frame.stamp_ns,
-                                                           self._depth['depth_slop'])
-            if depth_stamp is not None:
-                self._mark_paired(frame, depth_stamp)
+            if self._use_depth:
+                depth_stamp = self._depth_images.nearest_stamp(frame.stamp_ns,
+                                                               self._depth['depth_slop'])
+                if depth_stamp is not None:
+                    self._mark_paired(frame, depth_stamp)
         if self._slot.put(frame):
             self.stats.record_drop('superseded')
         self._frame_ready.set()
+
+    def _newest(self, message: Any) -> Any:
+        """
+        Return message, or the newer one that arrived while the stream was inferring.
+
+        The image callback waits while the stream infers. Meanwhile its group is busy, so the
+        executor leaves the image subscription out of its wait set: newer frames wait in DDS (the
+        newest only, depth 1) instead of each waking the executor, which would compete with
+        inference for the GIL and the cores. Once inference ends, the newest is taken here and
+        the held message counts as superseded.
+        """
+        if not self._hold_while_inferring():
+            return message
+        subscription = self._image_subscription
+        if subscription is None:
+            return message
+        with subscription.handle:  # the executor takes no message of a busy group meanwhile
+            taken = subscription.handle.take_message(subscription.msg_type, subscription.raw)
+        if taken is None:
+            return message
+        self.stats.record_received()
+        self.stats.record_drop('superseded')
+        return taken[0]
+
+    def _hold_while_inferring(self) -> bool:
+        """Wait while the stream infers (at most HOLD_WHILE_INFERRING_S); return whether it did."""
+        with self._inference:
+            if not self._inferring:
+                return False
+            self._inference.wait_for(lambda: not self._inferring or not self._active.is_set(),
+                                     timeout=HOLD_WHILE_INFERRING_S)
+        return True
 
     def _stream(self) -> None:
         """Run the stream's capabilities on the newest frame, whenever one waits (own thread)."""
@@ -633,10 +676,23 @@ class PerceptionNode(LifecycleNode):
                     frame = self._slot.take()
                     if frame is None or not self._active.is_set() or not self._usable(frame):
                         continue
+                    self._set_inferring(True)
                     try:
                         self._run_stream(frame)
                     except OutOfMemory as error:  # skip the frame; the engine trimmed its caches
                         self._count_out_of_memory(error)
+                    finally:
+                        self._set_inferring(False)
+
+    def _set_inferring(self, inferring: bool) -> None:
+        with self._inference:
+            self._inferring = inferring
+            self._inference.notify_all()
+
+    def _release_held(self) -> None:
+        """End the wait of an image callback held during inference (not active any more)."""
+        with self._inference:
+            self._inference.notify_all()
 
     def _count_out_of_memory(self, error: OutOfMemory) -> None:
         self.stats.record_error('out of memory')
