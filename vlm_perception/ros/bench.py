@@ -13,7 +13,9 @@ interleaved, ``--repeats`` times:
 1. the bare engine (PerceptionEngine, same preset, detector and device, in this process, on a
    worker thread as in the node's executor): ``engine.detect(engine.frame(rgb))`` over the same
    frames (for compressed cases the frames as decoded from the same JPEG bytes), while the
-   camera is paused and the node idle;
+   camera streams to this bench's idle subscriber and the node is deactivated (lifecycle:
+   models loaded, no subscription), so that both measurements share the camera's load and
+   differ only by what the node does;
 2. the node, fed by the camera: processed frames per second (``detections`` received here: the
    outputs of the window less one over the time from its first to its last) and the age of each
    processed frame (receive time - header stamp; one clock: same machine).
@@ -555,6 +557,7 @@ class Probe:
         self.frames: list[tuple[int, Optional[int]]] = []            # receive ns, seq
         self.diagnostics: list[tuple[int, dict[str, str]]] = []      # receive ns, values
         self._image_sub: Any = None
+        self._change_state: Any = None
         self.node.create_subscription(msg.DetectionArray, 'detections', self._on_detections, 10)
         from diagnostic_msgs.msg import DiagnosticArray
 
@@ -600,6 +603,23 @@ class Probe:
                                and self.node.count_publishers(
                                    f'{NAMESPACE}/detections') >= 1, timeout):
             raise RuntimeError(f'the camera, node and bench do not see each other on {topic}')
+
+    def transition(self, name: str) -> None:
+        """Deactivate or activate the perception node (lifecycle); RuntimeError if refused."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        if self._change_state is None:
+            self._change_state = self.node.create_client(
+                ChangeState, f'{NAMESPACE}/vlm_perception/change_state')
+        if not self._change_state.wait_for_service(timeout_sec=30.0):
+            raise RuntimeError('the perception node has no change_state service')
+        request = ChangeState.Request()
+        request.transition.id = getattr(Transition, f'TRANSITION_{name.upper()}')
+        future = self._change_state.call_async(request)
+        self.spin_until(future.done, 30.0)
+        if not future.done() or not future.result().success:
+            raise RuntimeError(f'the perception node did not {name}')
 
     def spin_for(self, seconds: float) -> None:
         """Take messages for seconds."""
@@ -735,19 +755,26 @@ def run_case(case: Case, options: argparse.Namespace, probe: Probe, engine: Any,
         stamps_file = frames_file.with_name(f'{slug}-stamps.json')
         camera = start_camera(case, options.rate, frames_file, stamps_file,
                               logs / f'{slug}-camera.log')
-        probe.wait_connected(probe.listen(case))
+        topic = probe.listen(case)
+        probe.wait_connected(topic)
         pids = {'node': node.process.pid, 'camera': camera.process.pid, 'bench': os.getpid()}
         repeats = []
         for repeat in range(options.repeats):
             print(f'  {case.name} repeat {repeat + 1}/{options.repeats}: engine', end='',
                   flush=True)
+            probe.transition('deactivate')
+            camera.signal(signal.SIGUSR1)  # the camera's load, as while the node is measured
             cpu = CpuMeter(pids)
             engine_figures = measure_engine_on(options.engine_thread, engine, engine_frames,
                                                options.warmup, options.seconds)
             engine_figures['cpu_cores'] = cpu.stop()  # warm-up included
+            camera.signal(signal.SIGUSR2)
+            camera.wait_for(f'paused {2 * repeat + 1}\n', 30.0)
+            probe.transition('activate')
+            probe.wait_connected(topic)  # the node's new subscription
             print(f' {engine_figures["fps"]:.2f} FPS; node', end='', flush=True)
             node_figures = measure_node(probe, camera, options.warmup, options.seconds, pids,
-                                        repeat + 1, stamps_file)
+                                        2 * repeat + 2, stamps_file)
             print(f' {node_figures["fps"]:.2f} FPS (camera {_fmt(node_figures["camera_hz"])} '
                   f'Hz)', flush=True)
             repeats.append({'engine': engine_figures, 'node': node_figures,
