@@ -30,7 +30,9 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
 def test_model_types_come_from_the_saved_configs(tiny_models: dict) -> None:
     kinds = {key: model_type(str(path)) for key, path in tiny_models.items()}
     assert kinds == {'detector': 'owlvit', 'detector_v2': 'owlv2', 'classifier': 'open_clip',
-                     'vqa_vilt': 'vilt', 'vqa_blip': 'blip', 'captioner': 'blip'}
+                     'vqa_vilt': 'vilt', 'vqa_blip': 'blip', 'captioner': 'blip',
+                     'grounding_dino': 'grounding-dino', 'classifier_siglip': 'open_clip',
+                     'tagger_siglip': 'siglip', 'tagger_siglip2': 'siglip2'}
 
 
 def test_open_clip_folder_round_trip_with_open_clip_itself(tmp_path, tiny_models: dict) -> None:

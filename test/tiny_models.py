@@ -114,6 +114,59 @@ def build_owlv2(folder: Path) -> Path:
     return _build_owl(folder, 'v2')
 
 
+# Grounding DINO splits its prompt into phrases at BERT's ids of [CLS], [SEP], '.' and '?' (fixed
+# in the model), so its word-piece vocabulary keeps those ids; unused slots fill the rest.
+BERT_IDS = {'[PAD]': 0, '[UNK]': 100, '[CLS]': 101, '[SEP]': 102, '[MASK]': 103, '.': 1012,
+            '?': 1029}
+
+
+def build_bert_tokenizer():
+    """Return a BertTokenizer (uncased word pieces) over WORDS, with BERT's special token ids."""
+    from transformers import BertTokenizer
+
+    tokens = [f'[unused{index}]' for index in range(max(BERT_IDS.values()) + 1)]
+    for token, index in BERT_IDS.items():
+        tokens[index] = token
+    tokens[104:104 + len(WORDS)] = WORDS
+    return BertTokenizer(vocab={token: index for index, token in enumerate(tokens)})
+
+
+def build_grounding_dino(folder: Path, seed: int = SEED, max_text_len: int = 32,
+                         mm: bool = False) -> Path:
+    """
+    Grounding DINO (MM Grounding DINO with ``mm``): a 4-stage ResNet, 1-layer BERT, 20 queries.
+
+    ``max_text_len`` is the model's prompt limit in tokens (256 in the released models); the
+    image processor resizes the shorter side to 64 (the longer to at most 96).
+    """
+    import torch
+    import transformers
+    from transformers import BertConfig, ResNetConfig
+
+    prefix = 'MMGroundingDino' if mm else 'GroundingDino'
+    torch.manual_seed(seed)
+    tokenizer = build_bert_tokenizer()
+    backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1],
+                            out_features=['stage2', 'stage3', 'stage4'])
+    text = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=2 * max_text_len,
+                      **_tower(num_hidden_layers=1))
+    config = getattr(transformers, f'{prefix}Config')(
+        backbone_config=backbone, use_timm_backbone=False, use_pretrained_backbone=False,
+        text_config=text, max_text_len=max_text_len, num_queries=20, d_model=HIDDEN,
+        encoder_layers=1, decoder_layers=2, encoder_ffn_dim=2 * HIDDEN,
+        decoder_ffn_dim=2 * HIDDEN, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_n_points=2, decoder_n_points=2, disable_custom_kernels=True)
+    image_processor = transformers.GroundingDinoImageProcessor(
+        size={'shortest_edge': IMAGE_SIZE, 'longest_edge': IMAGE_SIZE * 3 // 2})
+    processor = transformers.GroundingDinoProcessor(image_processor=image_processor,
+                                                    tokenizer=tokenizer)
+    model = getattr(transformers, f'{prefix}ForObjectDetection')(config).eval()
+    for module in model.modules():  # MM's heads start at a 1% prior; a random model scores 0..1
+        if type(module).__name__.endswith('ContrastiveEmbedding') and hasattr(module, 'bias'):
+            torch.nn.init.zeros_(module.bias)
+    return _save(model, processor, folder)
+
+
 def build_vilt(folder: Path) -> Path:
     """Build a ViLT VQA model: patch 32, shorter side resized to 64, a few answers."""
     import torch
@@ -193,13 +246,110 @@ def build_open_clip(folder: Path) -> Path:
     return save_open_clip_model(model, config, folder, tokenizer=build_tokenizer())
 
 
+# SigLIP pads every text to its full length (64 in the released models, and the length the
+# zero-shot pipeline pads SigLIP to) and starts from temperature 10. Its released bias (-10)
+# would put every random-weight score near 0, so the tiny models keep a bias of 0: mid-range
+# scores, several over 0.5.
+SIGLIP_TEXT_LENGTH = 64
+SIGLIP_LOGIT_SCALE = 2.302585092994046  # log(10)
+SIGLIP_LOGIT_BIAS = 0.0
+
+
+def build_siglip2_tokenizer():
+    """Return a Siglip2Tokenizer (Gemma-style BPE, lower-cased) over single characters."""
+    import string
+
+    from transformers import Siglip2Tokenizer
+
+    tokens = ['<pad>', '<eos>', '<bos>', '<unk>', '<mask>'] + list(string.ascii_lowercase + '▁')
+    return Siglip2Tokenizer(vocab={token: index for index, token in enumerate(tokens)},
+                            merges=[], model_max_length=SIGLIP_TEXT_LENGTH)
+
+
+def build_siglip(folder: Path, version: int = 1) -> Path:
+    """
+    Build a SigLIP (``version`` 2: SigLIP2) for tags: 64² input, patch 16, 64 text positions.
+
+    SigLIP's tokenizer is word-level here, giving input ids only (as SentencePiece SigLIP does);
+    SigLIP2 gets its own tokenizer class over characters and the NaFlex image processor, which
+    cuts an image into at most 16 patches of 16² keeping its aspect ratio.
+    """
+    import torch
+    import transformers
+
+    torch.manual_seed(SEED)
+    prefix = 'Siglip' if version == 1 else 'Siglip2'
+    if version == 1:
+        tokenizer = build_tokenizer()
+        tokenizer.model_max_length = SIGLIP_TEXT_LENGTH
+        tokenizer.model_input_names = ['input_ids']  # saved from init_kwargs:
+        tokenizer.init_kwargs['model_input_names'] = tokenizer.model_input_names
+        ids = _ids()
+        vision = _tower(image_size=IMAGE_SIZE, patch_size=16)
+        image_processor = transformers.SiglipImageProcessor(
+            size={'height': IMAGE_SIZE, 'width': IMAGE_SIZE})
+    else:
+        tokenizer = build_siglip2_tokenizer()
+        ids = {'vocab_size': len(tokenizer), 'pad_token_id': tokenizer.pad_token_id,
+               'bos_token_id': tokenizer.bos_token_id, 'eos_token_id': tokenizer.eos_token_id}
+        patches = (IMAGE_SIZE // 16) ** 2
+        vision = _tower(num_patches=patches, patch_size=16)
+        image_processor = transformers.Siglip2ImageProcessor(patch_size=16,
+                                                             max_num_patches=patches)
+    config = getattr(transformers, f'{prefix}Config')(
+        text_config=_tower(max_position_embeddings=SIGLIP_TEXT_LENGTH, **ids),
+        vision_config=vision)
+    model = getattr(transformers, f'{prefix}Model')(config).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(SIGLIP_LOGIT_SCALE)
+        model.logit_bias.fill_(SIGLIP_LOGIT_BIAS)
+    processor = getattr(transformers, f'{prefix}Processor')(image_processor=image_processor,
+                                                            tokenizer=tokenizer)
+    return _save(model, processor, folder)
+
+
+def build_siglip2(folder: Path) -> Path:
+    """SigLIP2 (NaFlex image processor, its own tokenizer class); see build_siglip."""
+    return build_siglip(folder, version=2)
+
+
+def open_clip_siglip_config() -> dict:
+    """open_clip config of a tiny SigLIP: as ViT-B-16-SigLIP, a logit bias and last-token text."""
+    config = open_clip_config()
+    config.update({'init_logit_scale': SIGLIP_LOGIT_SCALE, 'init_logit_bias': SIGLIP_LOGIT_BIAS,
+                   'custom_text': True})
+    config['text_cfg'].update({'context_length': SIGLIP_TEXT_LENGTH, 'no_causal_mask': True,
+                               'pool_type': 'last', 'proj_bias': True,
+                               'tokenizer_kwargs': {'clean': 'canonicalize'}})
+    return config
+
+
+def build_open_clip_siglip(folder: Path) -> Path:
+    """Build an open_clip SigLIP (CustomTextCLIP with a logit_bias), mean and std 0.5."""
+    import open_clip
+    import torch
+
+    from vlm_perception.core.loading import save_open_clip_model
+
+    torch.manual_seed(SEED)
+    config = open_clip_siglip_config()
+    model = open_clip.CustomTextCLIP(**{key: value for key, value in config.items()
+                                        if key != 'custom_text'}).eval()
+    return save_open_clip_model(model, config, folder, tokenizer=build_tokenizer(),
+                                preprocess_cfg={'mean': [0.5] * 3, 'std': [0.5] * 3})
+
+
 BUILDERS = {
     'detector': build_owlvit,
     'detector_v2': build_owlv2,
     'classifier': build_open_clip,
+    'classifier_siglip': build_open_clip_siglip,
+    'tagger_siglip': build_siglip,
+    'tagger_siglip2': build_siglip2,
     'vqa_vilt': build_vilt,
     'vqa_blip': build_blip_vqa,
     'captioner': build_blip_captioner,
+    'grounding_dino': build_grounding_dino,
 }
 
 
@@ -234,3 +384,13 @@ def build_tiny_preset(root: Path, models: dict[str, Path] | None = None) -> Path
             'captioner': 'captioner', 'labels': TINY_LABELS, 'detection_threshold': 0.0}
     (preset / 'preset.json').write_text(json.dumps(spec, indent=2))
     return preset
+
+
+if __name__ == '__main__':
+    # python test/tiny_models.py FAMILY OUT: build one tiny model into the folder OUT; FAMILY is
+    # a BUILDERS key, '-' standing for '_' (grounding-dino).
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1].replace('-', '_') not in BUILDERS:
+        sys.exit(f"usage: {sys.argv[0]} {{{','.join(BUILDERS)}}} OUT")
+    print(BUILDERS[sys.argv[1].replace('-', '_')](Path(sys.argv[2])))

@@ -18,7 +18,11 @@ from vlm_perception.core.loading import model_type
 REGISTRY = {
     ('detect', 'owlvit'): 'detection:OwlViTDetector',
     ('detect', 'owlv2'): 'detection:Owlv2Detector',
+    ('detect', 'grounding-dino'): 'grounding:GroundingDinoDetector',
+    ('detect', 'mm-grounding-dino'): 'grounding:MMGroundingDinoDetector',
     ('tags', 'open_clip'): 'classification:OpenClipClassifier',
+    ('tags', 'siglip'): 'classification:SiglipTagger',
+    ('tags', 'siglip2'): 'classification:Siglip2Tagger',
     ('vqa', 'vilt'): 'vqa:ViltAnswerer',
     ('vqa', 'blip'): 'vqa:BlipAnswerer',
     ('caption', 'blip'): 'captioning:BlipCaptioner',

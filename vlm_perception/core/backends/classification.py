@@ -1,40 +1,63 @@
-"""Zero-shot classification and scene tags with an open_clip CLIP model."""
+"""
+Zero-shot classification and scene tags: CLIP (softmax) and SigLIP (sigmoid) embedding models.
+
+Both compare one image embedding with one embedding per label, by cosine similarity; they differ
+in how a cosine becomes a score. CLIP was trained with a softmax over the batch, so its scores are
+a softmax of ``logit_scale.exp() * cos`` over the asked labels (they sum to 1, relative to the
+other labels). SigLIP was trained with a sigmoid per image-text pair, so each label's score is
+``sigmoid(logit_scale.exp() * cos + logit_bias)`` on its own (absolute: several labels, or none,
+can score high). open_clip holds both kinds; its SigLIP checkpoints are the ones with a
+``logit_bias``.
+"""
 
 import numpy as np
 from PIL import Image
 import torch
 
-from vlm_perception.core.backends.base import Backend
+from vlm_perception.core.backends.base import Backend, HFBackend
 from vlm_perception.core.cache import TextEmbeddingCache
 from vlm_perception.core.frame import Frame
 from vlm_perception.core.loading import load_open_clip
 
 
-class OpenClipClassifier(Backend):
-    """CLIP image/text embeddings; scores are a softmax over the given labels."""
+def softmax_scores(cosine: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """CLIP: softmax over the labels (last axis) of the scaled cosine similarities."""
+    return torch.softmax(logit_scale.exp().float() * cosine, dim=-1)
 
-    capability = 'tags'
 
-    def __init__(self, model_id: str, device: str, dtype: str) -> None:
-        """Load the model, its image preprocessing and tokenizer (see loading.load_open_clip)."""
-        super().__init__(model_id, device, dtype)
-        self.model, self.preprocess, self.tokenizer = load_open_clip(
-            model_id, device, self.torch_dtype)
+def sigmoid_scores(cosine: torch.Tensor, logit_scale: torch.Tensor,
+                   logit_bias: torch.Tensor) -> torch.Tensor:
+    """SigLIP: an independent sigmoid per label of the scaled and shifted cosine similarity."""
+    return torch.sigmoid(logit_scale.exp().float() * cosine + logit_bias.float())
+
+
+class EmbeddingTagger:
+    """
+    A tagger that compares an image embedding with one embedding per label (CLIP, SigLIP).
+
+    What every such model shares lives here: the frame's embedding is computed once and kept on
+    the Frame (``Frame.encoding`` under the model's ``key``), label embeddings are kept in the
+    text cache, and crops are embedded as one batch. A model supplies ``encode_images``,
+    ``encode_text`` (both normalised) and ``probabilities`` (cosine -> score).
+    """
+
+    key: str
 
     def encode_image(self, image: np.ndarray) -> torch.Tensor:
         """Return the normalised (D,) embedding of the whole image."""
         return self.encode_images([image])[0]
 
     def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
-        """Return normalised (N, D) embeddings of several images (e.g. detection crops)."""
-        batch = torch.stack([self.preprocess(Image.fromarray(image)) for image in images])
-        features = self.model.encode_image(batch.to(self.device, self.torch_dtype))
-        return torch.nn.functional.normalize(features.float(), dim=-1)
+        """Return normalised (N, D) embeddings of several RGB images (e.g. detection crops)."""
+        raise NotImplementedError
 
     def encode_text(self, labels: list[str]) -> list[torch.Tensor]:
-        """Return one normalised embedding per label."""
-        features = self.model.encode_text(self.tokenizer(labels).to(self.device))
-        return list(torch.nn.functional.normalize(features.float(), dim=-1))
+        """Return one normalised (D,) embedding per label."""
+        raise NotImplementedError
+
+    def probabilities(self, cosine: torch.Tensor) -> torch.Tensor:
+        """Turn (N, Q) cosine similarities into (N, Q) scores, 0..1."""
+        raise NotImplementedError
 
     def scores(self, frame: Frame, labels: list[str],
                text_cache: TextEmbeddingCache) -> np.ndarray:
@@ -48,9 +71,86 @@ class OpenClipClassifier(Backend):
 
     def _scores(self, image_embeddings: torch.Tensor, labels: list[str],
                 text_cache: TextEmbeddingCache) -> np.ndarray:
-        """Softmax over labels of CLIP's scaled cosine similarity: (N, Q)."""
         label_embeddings = torch.stack(text_cache.get(self.key, labels, self.encode_text))
-        scale = self.model.logit_scale.exp().float()
-        logits = scale * image_embeddings.reshape(-1, label_embeddings.shape[-1]) @ \
-            label_embeddings.T
-        return torch.softmax(logits, dim=-1).cpu().numpy()
+        cosine = image_embeddings.reshape(-1, label_embeddings.shape[-1]) @ label_embeddings.T
+        return self.probabilities(cosine).cpu().numpy()
+
+
+def _normalised(features: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
+class OpenClipClassifier(EmbeddingTagger, Backend):
+    """
+    An open_clip model: CLIP scores are a softmax over the labels, SigLIP scores a sigmoid each.
+
+    open_clip's SigLIP checkpoints (``ViT-B-16-SigLIP`` and the like) are the models with a
+    ``logit_bias``; it decides the score function.
+    """
+
+    capability = 'tags'
+
+    def __init__(self, model_id: str, device: str, dtype: str) -> None:
+        """Load the model, its image preprocessing and tokenizer (see loading.load_open_clip)."""
+        super().__init__(model_id, device, dtype)
+        self.model, self.preprocess, self.tokenizer = load_open_clip(
+            model_id, device, self.torch_dtype)
+        self.sigmoid = getattr(self.model, 'logit_bias', None) is not None
+
+    def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Return normalised (N, D) embeddings of several images (e.g. detection crops)."""
+        batch = torch.stack([self.preprocess(Image.fromarray(image)) for image in images])
+        return _normalised(self.model.encode_image(batch.to(self.device, self.torch_dtype)))
+
+    def encode_text(self, labels: list[str]) -> list[torch.Tensor]:
+        """Return one normalised embedding per label."""
+        return list(_normalised(self.model.encode_text(self.tokenizer(labels).to(self.device))))
+
+    def probabilities(self, cosine: torch.Tensor) -> torch.Tensor:
+        """Sigmoid per label for a SigLIP model (it has a logit_bias), else softmax over them."""
+        if self.sigmoid:
+            return sigmoid_scores(cosine, self.model.logit_scale, self.model.logit_bias)
+        return softmax_scores(cosine, self.model.logit_scale)
+
+
+class SiglipTagger(EmbeddingTagger, HFBackend):
+    """
+    transformers SigLIP: a sigmoid score per label, as the zero-shot-image-classification pipeline.
+
+    Labels are tokenized padded to the text model's full length (``padding='max_length'``), the
+    way SigLIP was trained: its text embedding is the last position's, padding included. Only the
+    tokenizer's own outputs reach the model (SigLIP's tokenizer gives no attention mask).
+    """
+
+    capability = 'tags'
+    model_class_name = 'SiglipModel'
+
+    def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Return normalised (N, D) embeddings; the image processor takes the list as a batch."""
+        inputs = self.pixels(images)  # a list of HxWx3 arrays is one batch
+        return _normalised(self.model.get_image_features(**inputs).pooler_output)
+
+    def encode_text(self, labels: list[str]) -> list[torch.Tensor]:
+        """Return one normalised embedding per label, each padded to the text model's length."""
+        length = self.config.text_config.max_position_embeddings
+        encoded = self.tokenizer(labels, padding='max_length', truncation=True,
+                                 max_length=length, return_tensors='pt')
+        inputs = {name: value.to(self.device) for name, value in encoded.items()
+                  if name in ('input_ids', 'attention_mask')}
+        return list(_normalised(self.model.get_text_features(**inputs).pooler_output))
+
+    def probabilities(self, cosine: torch.Tensor) -> torch.Tensor:
+        """Sigmoid per label of SigLIP's scaled and shifted cosine similarity."""
+        return sigmoid_scores(cosine, self.model.logit_scale, self.model.logit_bias)
+
+
+class Siglip2Tagger(SiglipTagger):
+    """
+    transformers SigLIP2: as SigLIP; its image processor may cut images into a variable patch grid.
+
+    The NaFlex processor resizes each image to at most ``max_num_patches`` patches, keeping its
+    aspect ratio, and pads to that count; the pixel mask and grid shapes it returns go to the
+    model with the pixels (``pixels`` passes every tensor the image processor gives).
+    """
+
+    model_class_name = 'Siglip2Model'
