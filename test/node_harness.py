@@ -158,6 +158,14 @@ def call(node: Node, client: Any, request: Any, timeout: float = 30.0) -> Any:
     return future.result()
 
 
+def client_of(node: Node, kind: Any, name: str) -> Any:
+    """Return node's one client of service name (a client per call would pile up)."""
+    clients = node.__dict__.setdefault('clients_', {})
+    if name not in clients:
+        clients[name] = node.create_client(kind, name)
+    return clients[name]
+
+
 def frame(sec: int, frame_id: str = 'test_camera', width: int = 96,
           height: int = 64) -> Image:
     """Return an rgb8 test image stamped sec seconds (plus 42 ns)."""

@@ -24,7 +24,7 @@ def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _model_options(tiny_models: dict) -> list[str]:
-    return ['--detector', str(tiny_models['detector']), '--classifier',
+    return ['--detector', str(tiny_models['detector']), '--tagger',
             str(tiny_models['classifier']), '--vqa', str(tiny_models['vqa_blip']),
             '--captioner', str(tiny_models['captioner']), '--device', 'cpu']
 

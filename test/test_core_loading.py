@@ -15,6 +15,7 @@ from vlm_perception.core.engine import EngineConfig, PerceptionEngine
 from vlm_perception.core.errors import InputError, ModelLoadError
 from vlm_perception.core.loading import (load_open_clip, model_type, OPEN_CLIP_CONFIG,
                                          OPEN_CLIP_WEIGHTS, save_open_clip_model)
+from vlm_perception.core.slots import SLOT_OF
 from vlm_perception.core.summary import summarize
 from vlm_perception.core.types import Answer, Detection, LabelScore
 
@@ -88,9 +89,8 @@ def test_unusable_models_are_model_load_errors(tmp_path, tiny_models: dict, mode
         model_id = str(tmp_path / 'broken')
     elif model_id in tiny_models:
         model_id = str(tiny_models[model_id])
-    role = {'detect': 'detector_model', 'tags': 'classifier_model', 'vqa': 'vqa_model',
-            'caption': 'caption_model'}[capability]
-    engine = PerceptionEngine(EngineConfig(device='cpu', **{role: model_id}))
+    parameter = SLOT_OF[capability].parameter
+    engine = PerceptionEngine(EngineConfig(device='cpu', **{parameter: model_id}))
     with pytest.raises(ModelLoadError, match=match):
         engine.load([capability])
 
@@ -98,7 +98,7 @@ def test_unusable_models_are_model_load_errors(tmp_path, tiny_models: dict, mode
 def test_default_preset_names_the_hub_models() -> None:
     default = presets.get_preset('default')
     assert default.detector == 'google/owlvit-base-patch32'
-    assert default.classifier == 'ViT-B-32:laion2b_s34b_b79k'
+    assert default.tagger == 'ViT-B-32:laion2b_s34b_b79k'
     assert default.vqa == 'dandelin/vilt-b32-finetuned-vqa'
     assert default.captioner == 'Salesforce/blip-image-captioning-base'
     assert default.labels and 0.0 < default.detection_threshold < 1.0

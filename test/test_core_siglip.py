@@ -18,7 +18,7 @@ def _image(height: int = 40, width: int = 70) -> np.ndarray:
 
 
 def _engine(tiny_preset, model) -> PerceptionEngine:
-    return PerceptionEngine(EngineConfig(preset=str(tiny_preset), classifier_model=str(model),
+    return PerceptionEngine(EngineConfig(preset=str(tiny_preset), tagger_model=str(model),
                                          device='cpu'))
 
 
@@ -110,6 +110,6 @@ def test_crops_are_classified_in_one_batch_as_each_alone(tiny_preset, tiny_model
 @pytest.mark.parametrize('key', ['classifier_siglip', *sorted(TRANSFORMERS_SIGLIP)])
 def test_bf16_runs_on_cpu(tiny_preset, tiny_models: dict, key: str) -> None:
     engine = PerceptionEngine(EngineConfig(preset=str(tiny_preset), device='cpu', dtype='bf16',
-                                           classifier_model=str(tiny_models[key])))
+                                           tagger_model=str(tiny_models[key])))
     scores = [tag.score for tag in engine.tags(_image(), LABELS, top_k=None)]
     assert len(scores) == len(LABELS) and all(0.0 <= score <= 1.0 for score in scores)

@@ -25,7 +25,7 @@ POSITION_TABLES = {
 def _engine(tiny_models: dict, vqa: str = 'vqa_blip') -> PerceptionEngine:
     return PerceptionEngine(EngineConfig(
         preset='default', device='cpu', vqa_model=str(tiny_models[vqa]),
-        caption_model=str(tiny_models['captioner'])))
+        captioner_model=str(tiny_models['captioner'])))
 
 
 def _text(tokens: int) -> str:

@@ -18,8 +18,8 @@ pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make b
 
 import cv2  # noqa: E402,I100
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from node_harness import (call, diagnostics_values, image_publisher, probe,  # noqa: E402
-                          shapes_node, spin_until)
+from node_harness import (call, client_of, diagnostics_values, image_publisher,  # noqa: E402
+                          probe, shapes_node, spin_until)
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
@@ -150,14 +150,6 @@ def locate(node, query: str, max_age: float = 0.0) -> srv.Locate.Response:
     """Call the locate service."""
     return call(node, client_of(node, srv.Locate, 'locate'),
                 srv.Locate.Request(query=query, max_age=max_age))
-
-
-def client_of(node, kind, name: str):
-    """Return node's one client of service name (a client per call would pile up)."""
-    clients = node.__dict__.setdefault('clients_', {})
-    if name not in clients:
-        clients[name] = node.create_client(kind, name)
-    return clients[name]
 
 
 def relative_error(response: srv.Locate.Response, truth) -> float:

@@ -15,8 +15,8 @@ rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make build)')
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402,I100
-from node_harness import (call, diagnostics_values, frame, image_publisher, probe,  # noqa: E402
-                          ros_node, spin_until)
+from node_harness import (call, client_of, diagnostics_values, frame,  # noqa: E402
+                          image_publisher, probe, ros_node, spin_until)
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
 
@@ -44,20 +44,20 @@ def set_string(node, namespace: str, name: str, value: str):
     """Set a string parameter of the perception node; return the SetParametersResult."""
     parameter = Parameter(name=name, value=ParameterValue(
         type=ParameterType.PARAMETER_STRING, string_value=value))
-    return call(node, node.create_client(SetParameters, f'/{namespace}{NODE}/set_parameters'),
+    return call(node, client_of(node, SetParameters, f'/{namespace}{NODE}/set_parameters'),
                 SetParameters.Request(parameters=[parameter])).results[0]
 
 
 def get_string(node, namespace: str, name: str) -> str:
     """Return a string parameter of the perception node."""
-    response = call(node, node.create_client(GetParameters, f'/{namespace}{NODE}/get_parameters'),
+    response = call(node, client_of(node, GetParameters, f'/{namespace}{NODE}/get_parameters'),
                     GetParameters.Request(names=[name]))
     return response.values[0].string_value
 
 
 def query(node, namespace: str) -> srv.QueryScene.Response:
     """Ask the perception node in namespace about its latest frame (detections only)."""
-    return call(node, node.create_client(srv.QueryScene, f'/{namespace}/query'),
+    return call(node, client_of(node, srv.QueryScene, f'/{namespace}/query'),
                 srv.QueryScene.Request(caption=False))
 
 
@@ -134,5 +134,29 @@ def test_out_of_memory_skips_frames_and_requests_and_the_node_goes_on(tiny_prese
             assert any(message.startswith('out of memory in detect') for message in failures)
             assert len(detections) >= 5  # the stream goes on between faults
             assert 'Traceback' not in perception.output()
+    finally:
+        perception.stop_cleanly()
+
+
+def test_former_model_parameter_names_set_the_new_ones_with_a_warning(
+        tiny_preset, tiny_models) -> None:
+    tagger, captioner = str(tiny_models['classifier']), str(tiny_models['captioner'])
+    perception = ros_node('vlm_perception.ros.node', [
+        '-p', f'preset:={tiny_preset}', '-p', 'capabilities:=[detect, tags]',
+        '-p', 'warmup:=false', '-p', f'classifier_model:={tagger}', '-r', '__ns:=/aliases'])
+    try:
+        with probe(perception, 'node_models_alias_test') as node:
+            assert "parameter 'classifier_model' is deprecated, use 'tagger_model'" \
+                in perception.output()
+            assert f'tags: {tagger}' in perception.output()  # the tagger loaded is the alias's
+            assert get_string(node, 'aliases', 'tagger_model') == tagger
+            assert get_string(node, 'aliases', 'classifier_model') == ''
+            assert set_string(node, 'aliases', 'caption_model', captioner).successful
+            assert perception.wait_for_output(
+                "parameter 'caption_model' is deprecated, use 'captioner_model'", timeout=10.0)
+            assert spin_until(node, lambda: get_string(node, 'aliases', 'captioner_model')
+                              == captioner, timeout=10.0)
+            assert perception.wait_for_output(f'caption: now {captioner}', timeout=30.0), \
+                perception.output()
     finally:
         perception.stop_cleanly()

@@ -142,7 +142,7 @@ def test_smoke_run_writes_a_preset_the_engine_loads(tmp_path: Path) -> None:
                        '--workers', '0', '--device', 'cpu']) == 0
     preset = json.loads((out / 'preset.json').read_text())
     assert preset['labels'] == list(world.NAMES)
-    assert {'detector', 'classifier', 'vqa', 'captioner'} <= set(preset)
+    assert {'detector', 'tagger', 'vqa', 'captioner'} <= set(preset)
     assert set(json.loads((out / 'training.json').read_text())['stages']) == set(train.STAGES)
     engine = PerceptionEngine(EngineConfig(preset=str(out), device='cpu'))
     frame = engine.frame(world.sample_scene(np.random.default_rng(0)).image)

@@ -339,6 +339,139 @@ def build_open_clip_siglip(folder: Path) -> Path:
                                 preprocess_cfg={'mean': [0.5] * 3, 'std': [0.5] * 3})
 
 
+# Generative VLMs (SmolVLM, Qwen2.5-VL) speak through a chat template: their tiny tokenizers add
+# the template's words and the processor's image tokens, as special tokens, to the shared words.
+CHAT_WORDS = ['user', 'assistant', 'system', ':', '.', '?', ',', 'describe', 'sentence',
+              'you', 'helpful']
+GENERATIVE_TEXT_LENGTH = 96  # positions of the tiny language models
+
+
+def build_chat_tokenizer(special: list[str], eos: str, chat_template: str):
+    """
+    Return a word-level tokenizer for a generative VLM: no tokens added around the text.
+
+    ``special`` are the model's control and image tokens (kept whole, skipped when decoding);
+    ``eos`` is the one that ends an answer.
+    """
+    from tokenizers import AddedToken, normalizers, pre_tokenizers, Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = SPECIAL_TOKENS + WORDS + CHAT_WORDS + special
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token='[UNK]'))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.add_special_tokens([AddedToken(token, normalized=False, special=True)
+                                  for token in special])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token='[PAD]', unk_token='[UNK]', bos_token='[BOS]',
+        eos_token=eos, model_max_length=GENERATIVE_TEXT_LENGTH, chat_template=chat_template)
+
+
+def _chat_ids(tokenizer, eos: str) -> dict:
+    return {'vocab_size': len(tokenizer), 'pad_token_id': tokenizer.pad_token_id,
+            'bos_token_id': tokenizer.bos_token_id,
+            'eos_token_id': tokenizer.convert_tokens_to_ids(eos)}
+
+
+def build_smolvlm(folder: Path, seed: int = SEED) -> Path:
+    """
+    SmolVLM: a 2-layer SigLIP-style vision tower (32² input, patch 8) and a 2-layer Llama.
+
+    No image splitting: every frame is resized to 32² and becomes 4 image tokens (16 patches
+    shuffled by 2). The chat template is SmolVLM's own.
+    """
+    import torch
+    from transformers import (SmolVLMConfig, SmolVLMForConditionalGeneration,
+                              SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor)
+    from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
+
+    torch.manual_seed(seed)
+    eos = '<end_of_utterance>'
+    tokenizer = build_chat_tokenizer(
+        ['<|im_start|>', eos, '<fake_token_around_image>', '<global-img>', '<image>',
+         '<video>'], eos, DEFAULT_CHAT_TEMPLATE)
+    ids = _chat_ids(tokenizer, eos)
+    size, patch, scale = 32, 8, 2
+    config = SmolVLMConfig(
+        text_config={'model_type': 'llama', 'max_position_embeddings': GENERATIVE_TEXT_LENGTH,
+                     'num_key_value_heads': 1, **_tower(), **ids},
+        vision_config=_tower(image_size=size, patch_size=patch), scale_factor=scale,
+        image_token_id=tokenizer.convert_tokens_to_ids('<image>'), **ids)
+    model = SmolVLMForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = ids['eos_token_id']
+    model.generation_config.pad_token_id = ids['pad_token_id']
+    edge = {'longest_edge': size}
+    image_processor = SmolVLMImageProcessor(do_image_splitting=False, size=edge,
+                                            max_image_size=edge)
+    video_processor = SmolVLMVideoProcessor(size=edge, max_image_size=edge)
+    processor = SmolVLMProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=video_processor,
+                                 image_seq_len=(size // patch) ** 2 // scale ** 2,
+                                 chat_template=DEFAULT_CHAT_TEMPLATE)
+    return _save(model, processor, folder)
+
+
+# Qwen2.5-VL's chat template (its system turn by default), less the vision ids option.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}'
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    '<|vision_start|><|image_pad|><|vision_end|>'
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    '<|vision_start|><|video_pad|><|vision_end|>'
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    '{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}')
+
+
+def build_qwen2_5_vl(folder: Path, seed: int = SEED) -> Path:
+    """
+    Qwen2.5-VL: a 2-layer windowed ViT (patch 8, 2×2 merge) and a 2-layer Qwen2 with M-RoPE.
+
+    Frames are resized to at most 32² pixels keeping their aspect ratio (multiples of 16): at
+    most 4 image tokens, their count depending on the frame's shape.
+    """
+    import torch
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                              Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+
+    torch.manual_seed(seed)
+    eos = '<|im_end|>'
+    tokenizer = build_chat_tokenizer(
+        ['<|endoftext|>', '<|im_start|>', eos, '<|vision_start|>', '<|vision_end|>',
+         '<|image_pad|>', '<|video_pad|>'], eos, QWEN_CHAT_TEMPLATE)
+    ids = _chat_ids(tokenizer, eos)
+    patch, merge = 8, 2
+    text = {'hidden_size': HIDDEN, 'intermediate_size': 2 * HIDDEN, 'num_hidden_layers': 2,
+            'num_attention_heads': 2, 'num_key_value_heads': 1,
+            'max_position_embeddings': GENERATIVE_TEXT_LENGTH,
+            'rope_parameters': {'rope_type': 'default', 'rope_theta': 10000.0,
+                                'mrope_section': [2, 3, 3]}, **ids}
+    vision = {'depth': 2, 'hidden_size': HIDDEN, 'intermediate_size': 2 * HIDDEN, 'num_heads': 2,
+              'patch_size': patch, 'spatial_merge_size': merge, 'temporal_patch_size': 2,
+              'window_size': patch * merge * 2, 'fullatt_block_indexes': [1],
+              'out_hidden_size': HIDDEN}
+    config = Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision,
+        image_token_id=tokenizer.convert_tokens_to_ids('<|image_pad|>'),
+        video_token_id=tokenizer.convert_tokens_to_ids('<|video_pad|>'),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids('<|vision_start|>'),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids('<|vision_end|>'))
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = ids['eos_token_id']
+    model.generation_config.pad_token_id = ids['pad_token_id']
+    pixels = {'patch_size': patch, 'merge_size': merge, 'temporal_patch_size': 2,
+              'size': {'shortest_edge': 16 * 16, 'longest_edge': 32 * 32}}
+    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels),
+                                    tokenizer=tokenizer,
+                                    video_processor=Qwen2VLVideoProcessor(**pixels),
+                                    chat_template=QWEN_CHAT_TEMPLATE)
+    return _save(model, processor, folder)
+
+
 BUILDERS = {
     'detector': build_owlvit,
     'detector_v2': build_owlv2,
@@ -351,6 +484,8 @@ BUILDERS = {
     'captioner': build_blip_captioner,
     'grounding_dino': build_grounding_dino,
 }
+# Built by the tests that use them, not by build_tiny_models (each takes a few seconds).
+GENERATIVE_BUILDERS = {'smolvlm': build_smolvlm, 'qwen2_5_vl': build_qwen2_5_vl}
 
 
 def build_tiny_models(root: Path) -> dict[str, Path]:
@@ -376,11 +511,11 @@ def build_tiny_preset(root: Path, models: dict[str, Path] | None = None) -> Path
     models = models or build_tiny_models(root / 'models')
     preset = root / 'tiny_preset'
     preset.mkdir(parents=True, exist_ok=True)
-    members = {'detector': 'detector', 'classifier': 'classifier', 'vqa': 'vqa_blip',
-               'captioner': 'captioner'}
-    for role, key in members.items():
-        shutil.copytree(models[key], preset / role, dirs_exist_ok=True)
-    spec = {'detector': 'detector', 'classifier': 'classifier', 'vqa': 'vqa',
+    members = {'detector': 'detector', 'tagger': 'classifier', 'vqa': 'vqa_blip',
+               'captioner': 'captioner'}  # slot -> tiny model
+    for slot, key in members.items():
+        shutil.copytree(models[key], preset / slot, dirs_exist_ok=True)
+    spec = {'detector': 'detector', 'tagger': 'tagger', 'vqa': 'vqa',
             'captioner': 'captioner', 'labels': TINY_LABELS, 'detection_threshold': 0.0}
     (preset / 'preset.json').write_text(json.dumps(spec, indent=2))
     return preset
@@ -391,6 +526,7 @@ if __name__ == '__main__':
     # a BUILDERS key, '-' standing for '_' (grounding-dino).
     import sys
 
-    if len(sys.argv) != 3 or sys.argv[1].replace('-', '_') not in BUILDERS:
-        sys.exit(f"usage: {sys.argv[0]} {{{','.join(BUILDERS)}}} OUT")
-    print(BUILDERS[sys.argv[1].replace('-', '_')](Path(sys.argv[2])))
+    builders = {**BUILDERS, **GENERATIVE_BUILDERS}
+    if len(sys.argv) != 3 or sys.argv[1].replace('-', '_') not in builders:
+        sys.exit(f"usage: {sys.argv[0]} {{{','.join(builders)}}} OUT")
+    print(builders[sys.argv[1].replace('-', '_')](Path(sys.argv[2])))

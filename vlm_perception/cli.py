@@ -21,6 +21,7 @@ import sys
 from typing import Callable, Sequence, TYPE_CHECKING
 
 from vlm_perception.core.errors import InputError, ModelLoadError
+from vlm_perception.core.slots import deprecation, OLD_FLAGS, SLOTS
 
 if TYPE_CHECKING:  # the engine (numpy, model code) is imported only when a command needs it
     from vlm_perception.core.engine import Frame, PerceptionEngine
@@ -31,6 +32,17 @@ ROS_EXTENSION = 'vlm_perception.ros.client'
 EXTENSIONS = ('vlm_perception.shapes.evaluate', ROS_EXTENSION)
 
 
+class _DeprecatedFlag(argparse.Action):
+    """A former model flag (--classifier): stores into its slot's option, warns on stderr."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        slot = OLD_FLAGS[option_string]
+        print(f'{PROG}: warning: {deprecation(option_string, slot.flag, "option")}',
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def engine_options() -> argparse.ArgumentParser:
     """Return a parent parser with the options that choose models, device and vocabulary."""
     parent = argparse.ArgumentParser(add_help=False)
@@ -38,11 +50,12 @@ def engine_options() -> argparse.ArgumentParser:
     models.add_argument('--preset', default='default',
                         help="preset name ('default', 'shapes') or preset folder "
                              '(default: %(default)s)')
-    models.add_argument('--detector', help='detection model: HF id or folder (OWL-ViT, OWLv2)')
-    models.add_argument('--classifier',
-                        help='tag model: open_clip NAME:PRETRAINED, hf-hub:org/repo or folder')
-    models.add_argument('--vqa', help='VQA model: HF id or folder (ViLT, BLIP VQA)')
-    models.add_argument('--captioner', help='caption model: HF id or folder (BLIP)')
+    for slot in SLOTS:  # --detector, --tagger, --vqa, --captioner
+        models.add_argument(slot.flag, dest=slot.parameter, metavar='MODEL',
+                            help=f"{slot.description} (default: the preset's)")
+        for old in slot.old_flags:  # deprecated: sets the same option, warns
+            models.add_argument(old, dest=slot.parameter, metavar='MODEL',
+                                action=_DeprecatedFlag, help=argparse.SUPPRESS)
     models.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     models.add_argument('--dtype', default='auto', choices=('auto', 'fp32', 'fp16', 'bf16'),
                         help='auto = fp16 on CUDA, fp32 on CPU')
@@ -58,10 +71,10 @@ def make_engine(args: argparse.Namespace) -> 'PerceptionEngine':
     from vlm_perception.core.engine import EngineConfig, PerceptionEngine
 
     return PerceptionEngine(EngineConfig(
-        preset=args.preset, detector_model=args.detector, classifier_model=args.classifier,
-        vqa_model=args.vqa, caption_model=args.captioner, device=args.device, dtype=args.dtype,
+        preset=args.preset, device=args.device, dtype=args.dtype,
         labels=None if args.labels is None else args.labels.split(','),
-        detection_threshold=args.threshold))
+        detection_threshold=args.threshold,
+        **{slot.parameter: getattr(args, slot.parameter) for slot in SLOTS}))
 
 
 def _detect(args: argparse.Namespace) -> dict:

@@ -38,30 +38,36 @@ from vlm_perception.core.faults import FaultInjector
 from vlm_perception.core.frame import Frame
 from vlm_perception.core.presets import get_preset
 from vlm_perception.core.scheduling import FairLock
+from vlm_perception.core.slots import OLD_PARAMETERS, SLOT_OF, SLOTS, warn_deprecated
 from vlm_perception.core.summary import summarize
 from vlm_perception.core.types import Answer, Detection, LabelScore, SceneDescription
 
-CAPABILITIES = ('detect', 'tags', 'vqa', 'caption')
-ROLE_OF = {'detect': 'detector', 'tags': 'classifier', 'vqa': 'vqa', 'caption': 'captioner'}
+CAPABILITIES = tuple(slot.capability for slot in SLOTS)  # detect, tags, vqa, caption
 MAX_TEXT_LENGTH = 512      # characters of a question, prompt or label
 MAX_LABELS = 256
 WARMUP_SIZE = (64, 96)     # height, width of the blank warm-up frame
 
 
-@dataclasses.dataclass
-class EngineConfig:
-    """What to load and how; None means the preset's value."""
+def _rename_old_keywords(self: 'EngineConfig', *old_values: str | None) -> None:
+    """Move the values of deprecated keywords (classifier_model, ...) to their slot's field."""
+    for (old, slot), value in zip(OLD_PARAMETERS.items(), old_values):
+        if value is not None:
+            warn_deprecated(old, slot.parameter, 'EngineConfig keyword', stacklevel=4)
+            if getattr(self, slot.parameter) is None:
+                setattr(self, slot.parameter, value)
 
-    preset: str = 'default'
-    detector_model: str | None = None
-    classifier_model: str | None = None
-    vqa_model: str | None = None
-    caption_model: str | None = None
-    device: str = 'auto'
-    dtype: str = 'auto'
-    labels: Sequence[str] | None = None
-    tag_labels: Sequence[str] | None = None
-    detection_threshold: float | None = None
+
+# What to load and how; None means the preset's. One <slot>_model field per model slot
+# (detector_model, tagger_model, vqa_model, captioner_model); the former names are keywords
+# only (deprecated: they set their slot's field and warn).
+EngineConfig = dataclasses.make_dataclass(
+    'EngineConfig',
+    [('preset', str, 'default'), *[(slot.parameter, str | None, None) for slot in SLOTS],
+     ('device', str, 'auto'), ('dtype', str, 'auto'), ('labels', Sequence[str] | None, None),
+     ('tag_labels', Sequence[str] | None, None), ('detection_threshold', float | None, None),
+     *[(old, dataclasses.InitVar[str | None], None) for old in OLD_PARAMETERS]],
+    namespace={'__doc__': "What to load and how; None means the preset's.",
+               '__module__': __name__, '__post_init__': _rename_old_keywords})
 
 
 def clean_labels(labels: Iterable[str] | str | None) -> list[str]:
@@ -121,10 +127,8 @@ class PerceptionEngine:
         """Resolve preset, models, device, dtype and vocabulary; load no model yet."""
         self.config = config or EngineConfig()
         self.preset = get_preset(self.config.preset)
-        overrides = {'detect': self.config.detector_model, 'tags': self.config.classifier_model,
-                     'vqa': self.config.vqa_model, 'caption': self.config.caption_model}
-        self.model_ids = {capability: overrides[capability] or self.preset.model(role)
-                          for capability, role in ROLE_OF.items()}
+        self.model_ids = {slot.capability: getattr(self.config, slot.parameter)
+                          or self.preset.model(slot.key) for slot in SLOTS}
         self.device = resolve_device(self.config.device)
         self.dtype = resolve_dtype(self.config.dtype, self.device)
         labels, tag_labels = self.config.labels, self.config.tag_labels
@@ -210,11 +214,20 @@ class PerceptionEngine:
             return self._backends[capability]
 
     def _create_backend(self, capability: str, model_id: str) -> Any:
-        """Load a backend; torch's out of memory becomes OutOfMemory (caches trimmed)."""
+        """
+        Load a backend; torch's out of memory becomes OutOfMemory (caches trimmed).
+
+        A model is loaded once per (model id, device, dtype): when another capability's backend
+        holds the model and its class serves this capability too (a generative VLM answering
+        and captioning), that object is returned instead, and with it its frame encodings.
+        """
         import torch
 
-        from vlm_perception.core.backends import create_backend
+        from vlm_perception.core.backends import create_backend, serves
 
+        for loaded in list(self._backends.values()):  # a snapshot: replace_model is unlocked
+            if serves(loaded, capability, model_id):
+                return loaded
         try:
             self._faults.load()
             return create_backend(capability, model_id, self.device, self.dtype)
@@ -252,7 +265,8 @@ class PerceptionEngine:
                 old = self._backends[capability]
                 self._backends[capability] = backend
                 self.model_ids[capability] = model_id
-                self._text_cache.clear(old.key)
+                if all(other is not old for other in self._backends.values()):
+                    self._text_cache.clear(old.key)  # unless it still serves another capability
 
     def model_for(self, capability: str, preset: str | None = None,
                   override: str | None = None) -> str:
@@ -267,7 +281,7 @@ class PerceptionEngine:
         if override:
             return override
         source = self.preset if preset is None else get_preset(preset)
-        return source.model(ROLE_OF[capability])
+        return source.model(SLOT_OF[capability].key)
 
     def _run(self, capability: str, frame: Frame, work: Callable[[Any], Any],
              backend: Any = None, what: str | None = None) -> Any:

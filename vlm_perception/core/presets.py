@@ -1,14 +1,15 @@
 """
-Presets: named sets of the four model ids, default labels and a detection threshold.
+Presets: named sets of the slots' model ids, default labels and a detection threshold.
 
 ``default`` names hub models and a small everyday vocabulary. A directory preset is a folder
-holding ``preset.json``::
+holding ``preset.json``, one key per model slot (core/slots.py)::
 
-    {"detector": "detector", "classifier": "classifier", "vqa": "vqa", "captioner": "captioner",
+    {"detector": "detector", "tagger": "tagger", "vqa": "vqa", "captioner": "captioner",
      "labels": ["red circle", ...], "detection_threshold": 0.2}
 
 Member values are folders relative to the preset folder (or, when no such folder exists, model
 ids as anywhere else); missing members fall back to ``default``'s. ``tag_labels`` is optional.
+A former key (``classifier`` for ``tagger``) still reads, with a DeprecatedName warning.
 ``shapes`` is the directory preset shipped at ``vlm_perception/models/shapes/``.
 """
 
@@ -19,36 +20,49 @@ import os
 from pathlib import Path
 
 from vlm_perception.core.errors import InputError, ModelLoadError
+from vlm_perception.core.slots import OLD_KEYS, renamed, Slot, SLOT_NAMES, SLOTS, warn_deprecated
 
 PRESET_FILE = 'preset.json'
-ROLES = ('detector', 'classifier', 'vqa', 'captioner')
 PACKAGED_PRESETS = {'shapes': Path(__file__).resolve().parent.parent / 'models' / 'shapes'}
 
 
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """Model ids of the four capabilities, default labels and detection threshold."""
+def _model(self: 'Preset', slot: str) -> str:
+    """Return the model id of a slot: detector, tagger, vqa or captioner."""
+    if slot in OLD_KEYS:
+        warn_deprecated(slot, OLD_KEYS[slot].key, 'model slot')
+        slot = OLD_KEYS[slot].key
+    if slot not in SLOT_NAMES:
+        raise InputError(f"unknown model slot '{slot}' (one of {', '.join(SLOT_NAMES)})")
+    return getattr(self, slot)
 
-    name: str
-    detector: str
-    classifier: str
-    vqa: str
-    captioner: str
-    labels: tuple[str, ...]
-    detection_threshold: float
-    tag_labels: tuple[str, ...] | None = None
 
-    def model(self, role: str) -> str:
-        """Return the model id of a role: detector, classifier, vqa or captioner."""
-        if role not in ROLES:
-            raise InputError(f"unknown model role '{role}' (one of {', '.join(ROLES)})")
-        return getattr(self, role)
+def _old_key_property(slot: Slot, old: str) -> property:
+    def read(self: 'Preset') -> str:
+        warn_deprecated(f'Preset.{old}', f'Preset.{slot.key}', 'attribute')
+        return getattr(self, slot.key)
+
+    return property(read, doc=f'Deprecated alias of {slot.key}.')
+
+
+# Fields: name, one model id per slot (detector, tagger, vqa, captioner), labels,
+# detection_threshold, tag_labels; former slot words read as deprecated properties.
+Preset = dataclasses.make_dataclass(
+    'Preset',
+    [('name', str), *[(slot.key, str) for slot in SLOTS], ('labels', tuple[str, ...]),
+     ('detection_threshold', float),
+     ('tag_labels', tuple[str, ...] | None, dataclasses.field(default=None))],
+    frozen=True,
+    namespace={
+        '__doc__': 'Model ids of the slots (detector, tagger, vqa, captioner), default labels '
+                   'and detection threshold.',
+        '__module__': __name__, 'model': _model,
+        **{old: _old_key_property(slot, old) for old, slot in OLD_KEYS.items()}})
 
 
 DEFAULT = Preset(
     name='default',
     detector='google/owlvit-base-patch32',
-    classifier='ViT-B-32:laion2b_s34b_b79k',
+    tagger='ViT-B-32:laion2b_s34b_b79k',
     vqa='dandelin/vilt-b32-finetuned-vqa',
     captioner='Salesforce/blip-image-captioning-base',
     labels=('person', 'cup', 'bottle', 'chair', 'table', 'laptop', 'phone', 'book', 'bag',
@@ -90,15 +104,16 @@ def load_preset_dir(folder: str | os.PathLike, name: str | None = None) -> Prese
         raise InputError(f'preset {spec_path} is not valid JSON: {error}') from error
     if not isinstance(spec, dict):
         raise InputError(f'preset {spec_path} must hold a JSON object')
+    spec = renamed(spec, OLD_KEYS, 'key', f'preset {spec_path}: key')
     members = {}
-    for role in ROLES:
-        value = spec.get(role)
+    for slot in SLOT_NAMES:
+        value = spec.get(slot)
         if value is None:
-            members[role] = DEFAULT.model(role)
+            members[slot] = DEFAULT.model(slot)
         elif (folder / str(value)).is_dir():
-            members[role] = str(folder / str(value))
+            members[slot] = str(folder / str(value))
         else:
-            members[role] = str(value)
+            members[slot] = str(value)
     threshold = spec.get('detection_threshold', DEFAULT.detection_threshold)
     if not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
             or not 0.0 <= threshold <= 1.0:

@@ -46,11 +46,13 @@ Services:
 Parameters (declared in vlm_perception.ros.parameters, defaults in config/params.yaml):
     device, dtype, compressed, image_reliability, warmup, autostart, use_depth,
     max_pending_queries, max_pending_questions (read-only); preset, detector_model,
-    classifier_model, vqa_model, caption_model (settable at run time: the new model loads beside
-    the one serving and is swapped in when ready; if it fails the old one stays and the
-    parameter is set back); capabilities, labels, detection_threshold, scene_period, max_rate,
-    max_image_age, image_timeout, depth_scale, min_depth, max_depth, depth_slop, target_frame,
-    tf_timeout (settable at run time; bad values are rejected).
+    tagger_model, vqa_model, captioner_model (one per model slot of vlm_perception.core.slots;
+    settable at run time: the new model loads beside the one serving and is swapped in when
+    ready; if it fails the old one stays and the parameter is set back; the former names
+    classifier_model and caption_model set the new ones, with a warning); capabilities, labels,
+    detection_threshold, scene_period, max_rate, max_image_age, image_timeout, depth_scale,
+    min_depth, max_depth, depth_slop, target_frame, tf_timeout (settable at run time; bad values
+    are rejected).
 
 Environment (test and diagnosis hooks, never parameters; unset in normal use):
     VLM_PERCEPTION_ADDED_LATENCY: seconds of sleep added to each processed frame, to mimic a
@@ -163,8 +165,10 @@ class PerceptionNode(LifecycleNode):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        for spec in parameters.SPECS:
+        for spec in (*parameters.SPECS, *parameters.OLD_SPECS):
             self.declare_parameter(spec.name, _declared_default(spec), descriptor(spec))
+        self._warned_old: set[str] = set()  # deprecated parameter names warned about
+        self._move_old_overrides()
         for spec in parameters.SPECS:
             if self._is_set(spec.name):
                 reason = parameters.check(spec.name, self._value(spec.name))
@@ -269,8 +273,35 @@ class PerceptionNode(LifecycleNode):
         self._cleans_parameters = hasattr(self, 'add_pre_set_parameters_callback')
         if self._cleans_parameters:
             self.add_pre_set_parameters_callback(self._clean_parameters)
+        # A failed swap sets its parameter back, which must come after the change is stored.
+        self._swaps: queue.Queue[threading.Thread] = queue.Queue()
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        if hasattr(self, 'add_post_set_parameters_callback'):
+            self.add_post_set_parameters_callback(self._start_swaps)
         self._warn_unknown_overrides()
+
+    def _move_old_overrides(self) -> None:
+        """Give the value of a deprecated model parameter (classifier_model) to its new name."""
+        moved = []
+        for old, new in parameters.OLD_MODEL_PARAMETERS.items():
+            value = self._value(old)
+            if not value:
+                continue
+            if new in self._parameter_overrides:
+                self._warn_old(old, new, f"'{new}' is set too, so '{old}' is ignored")
+            else:
+                self._warn_old(old, new)
+                moved.append(Parameter(new, Parameter.Type.STRING, value))
+            moved.append(Parameter(old, Parameter.Type.STRING, ''))
+        if moved:
+            self.set_parameters(moved)
+
+    def _warn_old(self, old: str, new: str, more: str = '') -> None:
+        """Warn, once per name, that a deprecated parameter name was used."""
+        if old not in self._warned_old:
+            self._warned_old.add(old)
+            self.get_logger().warning(f"parameter '{old}' is deprecated, use '{new}' "
+                                      f"({more or f'{old} sets {new}'})")
 
     def _warn_unknown_overrides(self) -> None:
         """Warn once per override that names no parameter (a typo); not fatal (/** files)."""
@@ -337,12 +368,9 @@ class PerceptionNode(LifecycleNode):
     def _engine_config(self) -> EngineConfig:
         labels = self._value('labels') if self._is_set('labels') else None
         return EngineConfig(
-            preset=self._value('preset'),
-            detector_model=self._value('detector_model') or None,
-            classifier_model=self._value('classifier_model') or None,
-            vqa_model=self._value('vqa_model') or None,
-            caption_model=self._value('caption_model') or None,
-            device=self._value('device'), dtype=self._value('dtype'), labels=labels)
+            preset=self._value('preset'), device=self._value('device'),
+            dtype=self._value('dtype'), labels=labels,
+            **{name: self._value(name) or None for name in parameters.MODEL_PARAMETERS})
 
     def _load_models(self) -> None:
         """Load (and warm up) the models of the stream's capabilities; ModelLoadError if not."""
@@ -919,10 +947,22 @@ class PerceptionNode(LifecycleNode):
     # --- parameters and diagnostics -----------------------------------------------------------
 
     def _clean_parameters(self, changes: list[Parameter]) -> list[Parameter]:
-        """Store labels cleaned (as the engine holds them); bad lists are refused later."""
+        """
+        Store labels cleaned (as the engine holds them); bad lists are refused later.
+
+        A deprecated model parameter (classifier_model) sets its new one (tagger_model) instead,
+        unless that is set in the same call, and stays empty.
+        """
         cleaned = []
+        names = {change.name for change in changes}
         for change in changes:
-            if change.name == 'labels' and change.type_ == Parameter.Type.STRING_ARRAY:
+            new = parameters.OLD_MODEL_PARAMETERS.get(change.name)
+            if new is not None and change.type_ == Parameter.Type.STRING:
+                self._warn_old(change.name, new)
+                if new not in names:
+                    cleaned.append(Parameter(new, Parameter.Type.STRING, change.value))
+                change = Parameter(change.name, Parameter.Type.STRING, '')
+            elif change.name == 'labels' and change.type_ == Parameter.Type.STRING_ARRAY:
                 try:
                     change = Parameter('labels', Parameter.Type.STRING_ARRAY,
                                        clean_labels(change.value))
@@ -942,6 +982,10 @@ class PerceptionNode(LifecycleNode):
                           f'{clean_labels(change.value)}')
             if change.name == 'target_frame' and not reason:
                 reason = _tf_unavailable(change.value)
+            if (change.name in parameters.OLD_MODEL_PARAMETERS and change.value
+                    and not self._cleans_parameters):  # no pre-set callback to rename it
+                reason = (f'{change.name} is deprecated: set '
+                          f'{parameters.OLD_MODEL_PARAMETERS[change.name]}')
             if reason:
                 self._reject(f'parameter {change.name}', reason)
                 return SetParametersResult(successful=False, reason=reason)
@@ -983,9 +1027,18 @@ class PerceptionNode(LifecycleNode):
         if wanted:
             previous = {name: self._value(name) for name in changed
                         if name == 'preset' or name in parameters.MODEL_PARAMETERS}
-            threading.Thread(target=self._replace_models, args=(self._engine, wanted, previous),
-                             name='models', daemon=True).start()
+            swap = threading.Thread(target=self._replace_models, name='models', daemon=True,
+                                    args=(self._engine, wanted, previous))
+            if hasattr(self, 'add_post_set_parameters_callback'):
+                self._swaps.put(swap)  # started once the new values are stored (below)
+            else:  # rclpy without post-set callbacks (Humble): a load failing at once may
+                swap.start()  # set the parameter back before the change is stored
         return SetParametersResult(successful=True)
+
+    def _start_swaps(self, changes: list[Parameter]) -> None:
+        """Start the model swaps of a parameter change, now that its values are stored."""
+        while not self._swaps.empty():
+            self._swaps.get_nowait().start()
 
     def _models_wanted(self, changed: dict[str, Any]) -> dict[str, str]:
         """Return the models (by capability) that changed model parameters ask for, if new."""
@@ -1018,10 +1071,10 @@ class PerceptionNode(LifecycleNode):
             except (ModelLoadError, OutOfMemory, InputError) as error:
                 self.stats.model_state = 'ready'
                 self.stats.record_error('model load')
+                self.set_parameters([Parameter(name, value=value)  # before the log says so
+                                     for name, value in previous.items()])
                 self.get_logger().error(f'{capability}: keeping {old}, as {model_id} failed: '
                                         f'{error}')
-                self.set_parameters([Parameter(name, value=value)
-                                     for name, value in previous.items()])
                 return
             self.get_logger().info(f'{capability}: now {model_id} (was {old})')
         self.stats.model_state = 'ready'

@@ -2,7 +2,9 @@
 The node's parameters as data: names, types, defaults, descriptions, ranges, and checks.
 
 The node declares every parameter from SPECS (with a ParameterDescriptor built from the spec)
-and runs check() on every change; config/params.yaml lists the same defaults.
+and runs check() on every change; config/params.yaml lists the same defaults. The model
+parameters (``<slot>_model``) come from the slot table, vlm_perception.core.slots; their former
+names are declared too, from OLD_SPECS.
 """
 
 from dataclasses import dataclass
@@ -10,6 +12,7 @@ from typing import Optional, Sequence, Union
 
 from vlm_perception.core.engine import CAPABILITIES, clean_labels
 from vlm_perception.core.errors import InputError
+from vlm_perception.core.slots import OLD_PARAMETERS, SLOTS
 
 RELIABILITIES = ('best_effort', 'reliable')
 MIN_RATE = 0.01  # Hz: slower would wait hours, and 1 / rate overflows near 1e-10
@@ -33,15 +36,10 @@ class ParameterSpec:
 SPECS: tuple[ParameterSpec, ...] = (
     ParameterSpec('preset', 'string', 'default',
                   'Model preset: a built-in name (default, shapes) or a preset folder.'),
-    ParameterSpec('detector_model', 'string', '',
-                  "Open-vocabulary detector (OWL-ViT/OWLv2 id or folder); empty = the preset's."),
-    ParameterSpec('classifier_model', 'string', '',
-                  'Zero-shot tagger (open_clip NAME:PRETRAINED, hub id or folder); '
-                  "empty = the preset's."),
-    ParameterSpec('vqa_model', 'string', '',
-                  "Visual question answering model (ViLT/BLIP); empty = the preset's."),
-    ParameterSpec('caption_model', 'string', '',
-                  "Captioning model (BLIP); empty = the preset's."),
+    # one <slot>_model per model slot (core/slots.py): detector, tagger, vqa, captioner
+    *(ParameterSpec(slot.parameter, 'string', '',
+                    slot.description[0].upper() + slot.description[1:]
+                    + "; empty = the preset's.") for slot in SLOTS),
     ParameterSpec('capabilities', 'string_array', list(CAPABILITIES),
                   'Models loaded at start and run on the stream: detect (every processed frame), '
                   'tags and caption (every scene_period), vqa (questions topic). Queries (which '
@@ -117,8 +115,13 @@ SPECS: tuple[ParameterSpec, ...] = (
 
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 # Settable at run time: the new model loads beside the one serving, which stays if it fails.
-MODEL_PARAMETERS = {'detector_model': 'detect', 'classifier_model': 'tags', 'vqa_model': 'vqa',
-                    'caption_model': 'caption'}
+MODEL_PARAMETERS = {slot.parameter: slot.capability for slot in SLOTS}  # name -> capability
+# Deprecated parameter names (classifier_model, caption_model), declared besides SPECS and kept
+# empty: a value given under one goes to its slot's parameter, with a warning.
+OLD_MODEL_PARAMETERS = {old: slot.parameter for old, slot in OLD_PARAMETERS.items()}
+OLD_SPECS: tuple[ParameterSpec, ...] = tuple(
+    ParameterSpec(old, 'string', '', f'Deprecated: use {new} (setting this sets {new}).')
+    for old, new in OLD_MODEL_PARAMETERS.items())
 
 
 def check(name: str, value: Value) -> Optional[str]:

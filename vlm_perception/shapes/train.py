@@ -1022,8 +1022,8 @@ def _record(out: Path, ctx: RunContext, argv: list[str]) -> None:
 
 
 def write_preset(out: Path, threshold: float) -> None:
-    """Write ``preset.json``: the four members, the 12 names, the detection threshold."""
-    preset = {'detector': 'detector', 'classifier': 'classifier', 'vqa': 'vqa',
+    """Write ``preset.json``: the four slots' folders, the 12 names, the detection threshold."""
+    preset = {'detector': 'detector', 'tagger': 'classifier', 'vqa': 'vqa',
               'captioner': 'captioner', 'labels': list(world.NAMES),
               'detection_threshold': threshold}
     (out / 'preset.json').write_text(json.dumps(preset, indent=2) + '\n')

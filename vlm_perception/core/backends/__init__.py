@@ -26,6 +26,13 @@ REGISTRY = {
     ('vqa', 'vilt'): 'vqa:ViltAnswerer',
     ('vqa', 'blip'): 'vqa:BlipAnswerer',
     ('caption', 'blip'): 'captioning:BlipCaptioner',
+    # One generative VLM class serves both capabilities: the engine loads it once for both.
+    ('vqa', 'smolvlm'): 'generative:SmolVLM',
+    ('caption', 'smolvlm'): 'generative:SmolVLM',
+    ('vqa', 'idefics3'): 'generative:Idefics3',
+    ('caption', 'idefics3'): 'generative:Idefics3',
+    ('vqa', 'qwen2_5_vl'): 'generative:Qwen25VL',
+    ('caption', 'qwen2_5_vl'): 'generative:Qwen25VL',
 }
 
 
@@ -45,3 +52,24 @@ def create_backend(capability: str, model_id: str, device: str, dtype: str) -> A
         raise ModelLoadError(f'{class_name} does not implement {contract.__name__}, which '
                              f'{capability} needs')
     return backend
+
+
+def serves(backend: Any, capability: str, model_id: str) -> bool:
+    """
+    Tell whether a loaded backend can serve a capability with the model ``model_id`` as it is.
+
+    True when it holds that model and the registry gives the capability the backend's very class
+    for the model's architecture (a generative VLM answers and captions): the engine then shares
+    the object instead of loading the model again. Device and dtype are the engine's, the same
+    for every backend it holds.
+    """
+    if getattr(backend, 'model_id', None) != model_id:
+        return False
+    cls = type(backend)
+    entry = f"{cls.__module__.rpartition('.')[2]}:{cls.__name__}"
+    try:
+        architecture = model_type(model_id)
+    except ModelLoadError:
+        return False
+    return REGISTRY.get((capability, architecture)) == entry and \
+        isinstance(backend, CONTRACTS[capability])
