@@ -1,4 +1,4 @@
-"""perception_node stops cleanly on Ctrl-C to its process group, even mid-inference."""
+"""perception_node stops cleanly on Ctrl-C to its process group and on SIGTERM, mid-inference too."""
 
 import os
 import signal
@@ -50,3 +50,17 @@ def test_ctrl_c_twice_exits_without_traceback(tiny_preset) -> None:
         assert_clean(*node.stop_group())
     finally:
         assert_clean(*camera.stop_group())
+
+
+def test_sigterm_mid_inference_exits_without_error(tiny_preset) -> None:
+    camera, node = start_fed_node(tiny_preset)  # as systemd, docker stop or kill would stop them
+    try:
+        for child in (node, camera):
+            child.process.send_signal(signal.SIGTERM)
+        for child in (node, camera):
+            child.process.wait(timeout=20)
+            assert_clean(child.process.returncode, child.output())
+    finally:
+        for child in (node, camera):
+            if child.alive():
+                child.stop()
