@@ -1,4 +1,4 @@
-"""perception_node stops cleanly on Ctrl-C to its process group and on SIGTERM, mid-inference too."""
+"""perception_node stops cleanly on Ctrl-C to its process group and on SIGTERM, mid-inference."""
 
 import os
 import signal
