@@ -19,6 +19,7 @@ from std_msgs.msg import Header
 
 STOP_TIMEOUT_S = 20.0
 ROOT = Path(__file__).resolve().parents[1]
+PERCEPTION_NODE = '/vlm_perception'
 
 
 class ChildProcess:
@@ -164,6 +165,27 @@ def client_of(node: Node, kind: Any, name: str) -> Any:
     if name not in clients:
         clients[name] = node.create_client(kind, name)
     return clients[name]
+
+
+def set_parameter(node: Node, name: str, value: Any,
+                  target: str = PERCEPTION_NODE) -> Any:
+    """Set one parameter of node target (its type from value); return the SetParametersResult."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+    return call(node, client_of(node, SetParameters, f'{target}/set_parameters'),
+                request).results[0]
+
+
+def get_parameter(node: Node, name: str, target: str = PERCEPTION_NODE) -> Any:
+    """Return the value of one parameter of node target."""
+    from rcl_interfaces.srv import GetParameters
+    from rclpy.parameter import parameter_value_to_python
+
+    response = call(node, client_of(node, GetParameters, f'{target}/get_parameters'),
+                    GetParameters.Request(names=[name]))
+    return parameter_value_to_python(response.values[0])
 
 
 def frame(sec: int, frame_id: str = 'test_camera', width: int = 96,

@@ -19,9 +19,7 @@ pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make b
 import cv2  # noqa: E402,I100
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from node_harness import (call, client_of, diagnostics_values, image_publisher,  # noqa: E402
-                          probe, shapes_node, spin_until)
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
+                          probe, set_parameter, shapes_node, spin_until)
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
@@ -157,16 +155,6 @@ def relative_error(response: srv.Locate.Response, truth) -> float:
     point = response.point.point
     return float(np.linalg.norm(np.subtract((point.x, point.y, point.z), truth.position))
                  / truth.position[2])
-
-
-def set_parameter(node, name: str, value):
-    """Set one parameter of the perception node; return the SetParametersResult."""
-    kinds = {float: ('double_value', ParameterType.PARAMETER_DOUBLE),
-             str: ('string_value', ParameterType.PARAMETER_STRING)}
-    field, kind = kinds[type(value)]
-    parameter = Parameter(name=name, value=ParameterValue(type=kind, **{field: value}))
-    return call(node, client_of(node, SetParameters, f'{NODE}/set_parameters'),
-                SetParameters.Request(parameters=[parameter])).results[0]
 
 
 def diagnostics(node, done) -> dict:

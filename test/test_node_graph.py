@@ -14,10 +14,8 @@ pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make b
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402,I100
 from node_harness import (call, cli, diagnostics_values, frame,  # noqa: E402
-                          image_publisher, probe, ros_node, spin_until)
-from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
-from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
+                          get_parameter, image_publisher, probe, ros_node, set_parameter,
+                          spin_until)
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
@@ -81,28 +79,6 @@ def make_latest(node, first_sec: int) -> None:
         return response.success and response.scene.header.stamp.sec >= first_sec
 
     publish_until(node, image_publisher(node), latest_is_new, first_sec)
-
-
-def set_parameter(node, name: str, value) -> bool:
-    """Set one parameter of the perception node; return whether it was accepted."""
-    kinds = {float: ('double_value', ParameterType.PARAMETER_DOUBLE),
-             str: ('string_value', ParameterType.PARAMETER_STRING),
-             list: ('string_array_value', ParameterType.PARAMETER_STRING_ARRAY)}
-    field, kind = kinds[type(value)]
-    parameter = ParameterMsg(name=name, value=ParameterValue(type=kind, **{field: value}))
-    response = call(node, node.create_client(SetParameters, f'{NODE}/set_parameters'),
-                    SetParameters.Request(parameters=[parameter]))
-    return response.results[0].successful
-
-
-def get_parameter(node, name: str):
-    """Return the value of one parameter of the perception node."""
-    response = call(node, node.create_client(GetParameters, f'{NODE}/get_parameters'),
-                    GetParameters.Request(names=[name]))
-    value = response.values[0]
-    return {ParameterType.PARAMETER_DOUBLE: value.double_value,
-            ParameterType.PARAMETER_STRING: value.string_value,
-            ParameterType.PARAMETER_STRING_ARRAY: list(value.string_array_value)}[value.type]
 
 
 def test_every_contract_topic_and_service_exists_with_its_type(ros) -> None:
@@ -204,7 +180,7 @@ def test_set_labels_acknowledges_the_vocabulary_and_sets_the_parameter(ros) -> N
     assert not response.success and 'empty' in response.message
     assert list(response.labels) == ['red circle', 'blue square']
 
-    assert set_parameter(ros, 'labels', ['cup', 'dog'])  # as a parameter: same effect
+    assert set_parameter(ros, 'labels', ['cup', 'dog']).successful  # as a parameter: same effect
     make_latest(ros, 4500)
     detections = query(ros).scene.detections
     assert detections and {d.label for d in detections} <= {'cup', 'dog'}
@@ -242,40 +218,32 @@ def test_over_long_questions_get_a_refusal_on_both_paths(ros) -> None:
 
 
 def test_bad_parameter_values_are_rejected_and_the_old_value_stays(ros) -> None:
-    assert not set_parameter(ros, 'max_rate', -1.0)
+    assert not set_parameter(ros, 'max_rate', -1.0).successful
     assert get_parameter(ros, 'max_rate') == 0.0
-    assert not set_parameter(ros, 'detection_threshold', 2.0)
-    assert not set_parameter(ros, 'image_reliability', 'sometimes')
-    assert not set_parameter(ros, 'capabilities', ['detect', 'segment'])
+    assert not set_parameter(ros, 'detection_threshold', 2.0).successful
+    assert not set_parameter(ros, 'image_reliability', 'sometimes').successful
+    assert not set_parameter(ros, 'capabilities', ['detect', 'segment']).successful
     assert get_parameter(ros, 'capabilities') == ['detect', 'tags', 'vqa', 'caption']
-    assert not set_parameter(ros, 'device', 'cuda')  # read-only: the models stay where they are
-    assert not set_parameter(ros, 'preset', 'no_such_preset')  # checked before any load
-    assert not set_parameter(ros, 'labels', ['x' * 1000])
-    assert set_parameter(ros, 'scene_period', 0.5)
+    assert not set_parameter(ros, 'device', 'cuda').successful  # read-only: models stay put
+    assert not set_parameter(ros, 'preset', 'no_such_preset').successful  # checked at once
+    assert not set_parameter(ros, 'labels', ['x' * 1000]).successful
+    assert set_parameter(ros, 'scene_period', 0.5).successful
     assert get_parameter(ros, 'scene_period') == 0.5
-    assert set_parameter(ros, 'scene_period', 0.0)
-
-
-def set_parameter_named(node, name: str, value: float):
-    """Set a double parameter by any name (even undeclared or empty); return the result."""
-    parameter = ParameterMsg(name=name, value=ParameterValue(
-        type=ParameterType.PARAMETER_DOUBLE, double_value=value))
-    return call(node, node.create_client(SetParameters, f'{NODE}/set_parameters'),
-                SetParameters.Request(parameters=[parameter])).results[0]
+    assert set_parameter(ros, 'scene_period', 0.0).successful
 
 
 def test_max_rate_is_zero_or_a_usable_rate_and_a_change_wakes_the_stream(ros) -> None:
     for unusable in (1e-10, 1e-9, 0.009, 1001.0, float('nan')):
-        assert not set_parameter(ros, 'max_rate', unusable), unusable
+        assert not set_parameter(ros, 'max_rate', unusable).successful, unusable
     detections = Collector(ros, msg.DetectionArray, 'detections')
     publisher = image_publisher(ros)
     try:
-        assert set_parameter(ros, 'max_rate', 0.01)  # 100 s from the last processed frame
+        assert set_parameter(ros, 'max_rate', 0.01).successful  # 100 s from the last frame
         for sec in range(7000, 7005):  # the stream now waits out the rate
             publisher.publish(frame(sec))
             spin_until(ros, lambda: False, timeout=0.2)
     finally:
-        assert set_parameter(ros, 'max_rate', 0.0)  # must not wait out the 100 s
+        assert set_parameter(ros, 'max_rate', 0.0).successful  # must not wait out the 100 s
     publish_until(ros, publisher, lambda: any(d.header.stamp.sec >= 7100
                                               for d in detections.messages),
                   first_sec=7100, timeout=30.0)
@@ -291,7 +259,7 @@ def test_query_max_age_must_be_finite_and_not_negative(ros, max_age: float) -> N
 @pytest.mark.parametrize('name', ['max_image_age'])
 @pytest.mark.parametrize('value', [-1.0, float('nan'), float('-inf')])
 def test_max_image_age_must_be_finite_and_not_negative(ros, name: str, value: float) -> None:
-    assert not set_parameter(ros, name, value)
+    assert not set_parameter(ros, name, value).successful
 
 
 def test_a_frame_from_the_future_fails_every_age_limit(ros, perception) -> None:
@@ -314,14 +282,14 @@ def test_a_frame_from_the_future_fails_every_age_limit(ros, perception) -> None:
 
 
 def test_labels_set_as_a_parameter_are_stored_cleaned(ros) -> None:
-    result = set_parameter(ros, 'labels', [' cup ', 'cup', '', 'dog'])
+    result = set_parameter(ros, 'labels', [' cup ', 'cup', '', 'dog']).successful
     stored = get_parameter(ros, 'labels')
     assert stored == ['cup', 'dog'] or (not result and stored != [' cup ', 'cup', '', 'dog'])
 
 
 def test_empty_and_undeclared_parameter_names_are_refused(ros) -> None:
-    assert not set_parameter_named(ros, '', 1.0).successful
-    assert not set_parameter_named(ros, 'max_rte', 1.0).successful
+    assert not set_parameter(ros, '', 1.0).successful
+    assert not set_parameter(ros, 'max_rte', 1.0).successful
 
 
 def test_diagnostics_status_names_carry_the_full_node_name(ros) -> None:

@@ -16,9 +16,8 @@ pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make b
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402,I100
 from node_harness import (call, client_of, diagnostics_values, frame,  # noqa: E402
-                          image_publisher, probe, ros_node, spin_until)
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
+                          get_parameter, image_publisher, probe, ros_node, set_parameter,
+                          spin_until)
 
 from vlm_perception import msg, srv  # noqa: E402
 
@@ -38,21 +37,6 @@ def start(preset, name: str, env=None):
     return ros_node('vlm_perception.ros.node', [
         '-p', f'preset:={preset}', '-p', 'capabilities:=[detect]', '-p', 'warmup:=false',
         '-r', f'__ns:=/{name}'], env=env)
-
-
-def set_string(node, namespace: str, name: str, value: str):
-    """Set a string parameter of the perception node; return the SetParametersResult."""
-    parameter = Parameter(name=name, value=ParameterValue(
-        type=ParameterType.PARAMETER_STRING, string_value=value))
-    return call(node, client_of(node, SetParameters, f'/{namespace}{NODE}/set_parameters'),
-                SetParameters.Request(parameters=[parameter])).results[0]
-
-
-def get_string(node, namespace: str, name: str) -> str:
-    """Return a string parameter of the perception node."""
-    response = call(node, client_of(node, GetParameters, f'/{namespace}{NODE}/get_parameters'),
-                    GetParameters.Request(names=[name]))
-    return response.values[0].string_value
 
 
 def query(node, namespace: str) -> srv.QueryScene.Response:
@@ -91,17 +75,18 @@ def test_a_new_detector_serves_after_the_swap_and_a_failed_one_leaves_the_old(
     with probe(swapping, 'node_models_swap_test') as node:
         feed(node, 'swapping', 10)
         before = boxes(query(node, 'swapping'))
-        assert set_string(node, 'swapping', 'detector_model', str(other_detector)).successful
+        assert set_parameter(node, 'detector_model', str(other_detector),
+                             '/swapping' + NODE).successful
         assert swapping.wait_for_output(f'detect: now {other_detector}', timeout=60.0), \
             swapping.output()
         after = boxes(query(node, 'swapping'))
         assert after != before  # other weights, same frame
 
         missing = tmp_path / 'missing'
-        assert set_string(node, 'swapping', 'detector_model', str(missing)).successful
+        assert set_parameter(node, 'detector_model', str(missing), '/swapping' + NODE).successful
         assert swapping.wait_for_output(f'keeping {other_detector}', timeout=60.0), \
             swapping.output()
-        assert spin_until(node, lambda: get_string(node, 'swapping', 'detector_model')
+        assert spin_until(node, lambda: get_parameter(node, 'detector_model', '/swapping' + NODE)
                           == str(other_detector), timeout=10.0)  # set back: names the model
         assert boxes(query(node, 'swapping')) == after
         assert swapping.alive()
@@ -149,13 +134,13 @@ def test_former_model_parameter_names_set_the_new_ones_with_a_warning(
             assert "parameter 'classifier_model' is deprecated, use 'tagger_model'" \
                 in perception.output()
             assert f'tags: {tagger}' in perception.output()  # the tagger loaded is the alias's
-            assert get_string(node, 'aliases', 'tagger_model') == tagger
-            assert get_string(node, 'aliases', 'classifier_model') == ''
-            assert set_string(node, 'aliases', 'caption_model', captioner).successful
+            assert get_parameter(node, 'tagger_model', '/aliases' + NODE) == tagger
+            assert get_parameter(node, 'classifier_model', '/aliases' + NODE) == ''
+            assert set_parameter(node, 'caption_model', captioner, '/aliases' + NODE).successful
             assert perception.wait_for_output(
                 "parameter 'caption_model' is deprecated, use 'captioner_model'", timeout=10.0)
-            assert spin_until(node, lambda: get_string(node, 'aliases', 'captioner_model')
-                              == captioner, timeout=10.0)
+            assert spin_until(node, lambda: get_parameter(
+                node, 'captioner_model', '/aliases' + NODE) == captioner, timeout=10.0)
             assert perception.wait_for_output(f'caption: now {captioner}', timeout=30.0), \
                 perception.output()
     finally:

@@ -20,9 +20,7 @@ pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make b
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402,I100
 from node_harness import (call, diagnostics_values, image_publisher, probe,  # noqa: E402
-                          ros_node, spin_until)
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
+                          ros_node, set_parameter, spin_until)
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
@@ -61,15 +59,6 @@ def compressed(stamp, seed: int = 0) -> CompressedImage:
     assert ok
     return CompressedImage(header=Header(stamp=stamp, frame_id='cam'), format='jpeg',
                            data=data.tobytes())
-
-
-def set_parameter(node, name: str, value: float) -> bool:
-    """Set a double parameter of the perception node."""
-    parameter = Parameter(name=name, value=ParameterValue(
-        type=ParameterType.PARAMETER_DOUBLE, double_value=value))
-    response = call(node, node.create_client(SetParameters, '/vlm_perception/set_parameters'),
-                    SetParameters.Request(parameters=[parameter]))
-    return response.results[0].successful
 
 
 def test_subscribes_the_compressed_topic_of_the_remapped_image(ros) -> None:
@@ -201,7 +190,7 @@ def test_frames_older_than_max_image_age_are_skipped(ros) -> None:
     diagnostics, received = [], []
     ros.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
     ros.create_subscription(msg.DetectionArray, 'detections', received.append, 10)
-    assert set_parameter(ros, 'max_image_age', 0.5)
+    assert set_parameter(ros, 'max_image_age', 0.5).successful
     try:
         old = ros.get_clock().now().to_msg()
         old.sec -= 60
@@ -216,4 +205,4 @@ def test_frames_older_than_max_image_age_are_skipped(ros) -> None:
         assert spin_until(ros, lambda: stale() >= 1, timeout=5.0)
         assert not [a for a in received if a.header.stamp.sec == old.sec]
     finally:
-        assert set_parameter(ros, 'max_image_age', 0.0)
+        assert set_parameter(ros, 'max_image_age', 0.0).successful
