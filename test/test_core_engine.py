@@ -298,3 +298,13 @@ def test_every_registered_backend_keeps_its_capability_contract(tiny_preset) -> 
     engine = _engine(tiny_preset)
     for capability, contract in CONTRACTS.items():
         assert isinstance(engine.backend(capability), contract)
+
+
+def test_unload_drops_the_models_and_they_load_again_on_use(tiny_preset) -> None:
+    engine = _engine(tiny_preset)
+    image = _image()
+    before = engine.detect(image, threshold=0.0)
+    engine.unload()
+    assert engine.loaded == {}
+    assert engine.detect(image, threshold=0.0) == before
+    assert list(engine.loaded) == ['detect']

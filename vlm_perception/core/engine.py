@@ -179,6 +179,20 @@ class PerceptionEngine:
         """Capabilities whose model is loaded, with its model id."""
         return {capability: self.model_ids[capability] for capability in self._backends}
 
+    def unload(self) -> None:
+        """Drop every loaded model and the text embeddings; models load again on first use."""
+        with self._lock:
+            self._backends.clear()
+            self._trim_caches()
+
+    def _trim_caches(self) -> None:
+        """Forget the text embeddings and give torch's cached CUDA memory back."""
+        import torch
+
+        self._text_cache.clear()
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
     def load(self, capabilities: Iterable[str] = CAPABILITIES, warmup: bool = False) -> None:
         """
         Load the models of some capabilities now; with warmup, run each once on a blank frame.
@@ -313,13 +327,9 @@ class PerceptionEngine:
 
     def _out_of_memory(self, what: str, reason: str, frame: Frame | None = None) -> OutOfMemory:
         """Trim what memory can be trimmed, count, and return the OutOfMemory to raise."""
-        import torch
-
         if frame is not None:
             frame.drop_encodings()
-        self._text_cache.clear()
-        if torch.cuda.is_initialized():
-            torch.cuda.empty_cache()
+        self._trim_caches()
         with self._count_lock:
             self.out_of_memory_count += 1
         return OutOfMemory(f'out of memory {what} on {self.device}: {reason}')

@@ -188,7 +188,6 @@ class PerceptionNode(LifecycleNode):
         self._stream_busy = threading.Lock()  # held while the stream processes a frame
         self._inference = threading.Condition()  # notified when the stream's inference ends
         self._inferring = False
-        self._image_subscription: Any = None  # image or compressed, while active
         self._image_subscriptions: list[Any] = []
         self.configure_error: Optional[Exception] = None
         self._wakeup = threading.Event()  # the stream's rate wait ends early: stop, new max_rate
@@ -203,7 +202,6 @@ class PerceptionNode(LifecycleNode):
         self._caption = ''
         self._use_depth = self._value('use_depth')
         self._depth = {name: self._value(name) for name in DEPTH_SETTINGS}  # settable at run time
-        self._depth_images: StampedBuffer[DepthImage] = StampedBuffer(DEPTH_SPAN_S, DEPTH_IMAGES)
         self._camera: Optional[PinholeCamera] = None
         self._last_processed: Optional[float] = None
         self._marker_lifetime = MIN_MARKER_LIFETIME_S
@@ -394,7 +392,6 @@ class PerceptionNode(LifecycleNode):
         """Stop taking images and wait for the frame being processed (the stream then waits)."""
         self._active.clear()
         self._release_held()
-        self._image_subscription = None
         for subscription in self._image_subscriptions:
             self.destroy_subscription(subscription)
         self._image_subscriptions = []
@@ -405,19 +402,16 @@ class PerceptionNode(LifecycleNode):
 
     def _unload(self) -> None:
         """Drop the engine (its models and caches) and every kept frame."""
-        self._engine = None
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.unload()
         self.stats.model_state = 'unconfigured'
         self._forget_frames()
-        self._depth_images = StampedBuffer(DEPTH_SPAN_S, DEPTH_IMAGES)
-        try:
-            import torch
-        except ImportError:
-            return
-        if torch.cuda.is_initialized():
-            torch.cuda.empty_cache()
 
     def _forget_frames(self) -> None:
         with self._latest_lock:
+            self._depth_images: StampedBuffer[DepthImage] = StampedBuffer(DEPTH_SPAN_S,
+                                                                          DEPTH_IMAGES)
             self._latest: Optional[SourceFrame] = None
             self._latest_paired: Optional[SourceFrame] = None  # the newest with a depth image
             self._latest_good: Optional[SourceFrame] = None  # the newest whose pixels decoded
@@ -593,8 +587,7 @@ class PerceptionNode(LifecycleNode):
             self.stats.expect_depth()
             self.get_logger().info(f'depth from {self.resolve_topic_name("depth")}, intrinsics '
                                    f'from {self.resolve_topic_name("camera_info")}')
-        self._image_subscriptions = subscriptions
-        self._image_subscription = subscriptions[0]
+        self._image_subscriptions = subscriptions  # the image (or compressed) one first
 
     def _on_image(self, image: Image) -> None:
         with self._guarded('image'):
@@ -671,9 +664,10 @@ class PerceptionNode(LifecycleNode):
         """
         if not self._hold_while_inferring():
             return message
-        subscription = self._image_subscription
-        if subscription is None:
+        subscriptions = self._image_subscriptions
+        if not subscriptions:
             return message
+        subscription = subscriptions[0]
         with subscription.handle:  # the executor takes no message of a busy group meanwhile
             taken = subscription.handle.take_message(subscription.msg_type, subscription.raw)
         if taken is None:
