@@ -21,6 +21,7 @@ import sys
 from typing import Callable, Sequence, TYPE_CHECKING
 
 from vlm_perception.core.errors import InputError, ModelLoadError
+from vlm_perception.core.options import OPTIONS
 from vlm_perception.core.slots import deprecation, OLD_FLAGS, SLOTS
 
 if TYPE_CHECKING:  # the engine (numpy, model code) is imported only when a command needs it
@@ -59,6 +60,16 @@ def engine_options() -> argparse.ArgumentParser:
     models.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     models.add_argument('--dtype', default='auto', choices=('auto', 'fp32', 'fp16', 'bf16'),
                         help='auto = fp16 on CUDA, fp32 on CPU')
+    tuning = parent.add_argument_group('model options')
+    for option in OPTIONS:  # --detection-templates, --vqa-max-new-tokens, ...
+        tuning.add_argument(option.flag, dest=option.name, default=option.default,
+                            nargs='+' if option.kind == 'string_array' else None,
+                            type=int if option.kind == 'integer' else str,
+                            choices=option.choices or None,
+                            metavar={'string_array': 'TEMPLATE', 'integer': 'N'}.get(
+                                option.kind, None if option.choices else 'TEXT'),
+                            help=option.description.replace('%', '%%')
+                            + ' (default: %(default)s)')
     parent.add_argument('--labels', help="comma-separated labels (default: the preset's)")
     parent.add_argument('--threshold', type=float,
                         help="detection score threshold 0..1 (default: the preset's)")
@@ -69,9 +80,11 @@ def engine_options() -> argparse.ArgumentParser:
 def make_engine(args: argparse.Namespace) -> 'PerceptionEngine':
     """Build a PerceptionEngine from the parsed engine options (models load on first use)."""
     from vlm_perception.core.engine import EngineConfig, PerceptionEngine
+    from vlm_perception.core.options import ModelOptions
 
     return PerceptionEngine(EngineConfig(
         preset=args.preset, device=args.device, dtype=args.dtype,
+        options=ModelOptions(**{option.name: getattr(args, option.name) for option in OPTIONS}),
         labels=None if args.labels is None else args.labels.split(','),
         detection_threshold=args.threshold,
         **{slot.parameter: getattr(args, slot.parameter) for slot in SLOTS}))

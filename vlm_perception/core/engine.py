@@ -36,6 +36,7 @@ from vlm_perception.core.device import resolve_device, resolve_dtype
 from vlm_perception.core.errors import InputError, OutOfMemory
 from vlm_perception.core.faults import FaultInjector
 from vlm_perception.core.frame import Frame
+from vlm_perception.core.options import ModelOptions, Value
 from vlm_perception.core.presets import get_preset
 from vlm_perception.core.scheduling import FairLock
 from vlm_perception.core.slots import OLD_PARAMETERS, SLOT_OF, SLOTS, warn_deprecated
@@ -65,6 +66,7 @@ EngineConfig = dataclasses.make_dataclass(
     [('preset', str, 'default'), *[(slot.parameter, str | None, None) for slot in SLOTS],
      ('device', str, 'auto'), ('dtype', str, 'auto'), ('labels', Sequence[str] | None, None),
      ('tag_labels', Sequence[str] | None, None), ('detection_threshold', float | None, None),
+     ('options', ModelOptions, dataclasses.field(default_factory=ModelOptions)),
      *[(old, dataclasses.InitVar[str | None], None) for old in OLD_PARAMETERS]],
     namespace={'__doc__': "What to load and how; None means the preset's.",
                '__module__': __name__, '__post_init__': _rename_old_keywords})
@@ -138,6 +140,7 @@ class PerceptionEngine:
         threshold = self.config.detection_threshold
         self.detection_threshold = check_threshold(
             self.preset.detection_threshold if threshold is None else threshold)
+        self.options = self.config.options.checked()  # InputError naming a bad one
         self._backends: dict[str, Any] = {}
         self._text_cache = TextEmbeddingCache()
         self._lock = FairLock()  # requests and the stream take turns
@@ -171,6 +174,19 @@ class PerceptionEngine:
         with self._lock:
             self._tag_labels = cleaned
         return self.tag_labels
+
+    def set_options(self, **changes: Value) -> ModelOptions:
+        """
+        Change model options (options.py) of the loaded models and of those loaded later.
+
+        Returns the options in force; InputError for an unknown name or a bad value. Options
+        applied at load (``tag_resize_mode``) hold from the next load of the model.
+        """
+        with self._lock:
+            self.options = self.options.changed(**changes)
+            for backend in self._backends.values():
+                backend.options = self.options
+            return self.options
 
     # --- models -------------------------------------------------------------------------------
 
@@ -244,7 +260,7 @@ class PerceptionEngine:
                 return loaded
         try:
             self._faults.load()
-            return create_backend(capability, model_id, self.device, self.dtype)
+            return create_backend(capability, model_id, self.device, self.dtype, self.options)
         except torch.OutOfMemoryError as error:
             reason = _first_line(error)
         # Past the except block the failed load's frames, and the tensors they held, are gone.

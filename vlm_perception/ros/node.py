@@ -45,14 +45,16 @@ Services:
 
 Parameters (declared in vlm_perception.ros.parameters, defaults in config/params.yaml):
     device, dtype, compressed, image_reliability, warmup, autostart, use_depth,
-    max_pending_queries, max_pending_questions (read-only); preset, detector_model,
-    tagger_model, vqa_model, captioner_model (one per model slot of vlm_perception.core.slots;
+    max_pending_queries, max_pending_questions, tag_resize_mode (read-only); preset,
+    detector_model, tagger_model, vqa_model, captioner_model (one per model slot of vlm_perception.core.slots;
     settable at run time: the new model loads beside the one serving and is swapped in when
     ready; if it fails the old one stays and the parameter is set back; the former names
     classifier_model and caption_model set the new ones, with a warning); capabilities, labels,
     detection_threshold, scene_period, max_rate, max_image_age, image_timeout, depth_scale,
-    min_depth, max_depth, depth_slop, target_frame, tf_timeout (settable at run time; bad values
-    are rejected).
+    min_depth, max_depth, depth_slop, target_frame, tf_timeout, and the model options of
+    vlm_perception.core.options (detection_templates, tag_templates, vqa_max_new_tokens,
+    caption_max_new_tokens, num_beams, caption_prompt) (settable at run time; bad values are
+    rejected).
 
 Environment (test and diagnosis hooks, never parameters; unset in normal use):
     VLM_PERCEPTION_ADDED_LATENCY: seconds of sleep added to each processed frame, to mimic a
@@ -93,6 +95,7 @@ from vlm_perception.core.depth import (DepthImage, PinholeCamera, place_all, Rig
                                        StampedBuffer)
 from vlm_perception.core.engine import clean_labels, clean_text, EngineConfig, PerceptionEngine
 from vlm_perception.core.errors import InputError, ModelLoadError, OutOfMemory
+from vlm_perception.core.options import ModelOptions, OPTION_NAMES
 from vlm_perception.core.summary import summarize
 from vlm_perception.core.types import Detection, SceneDescription
 from vlm_perception.ros import conversions, parameters
@@ -368,6 +371,7 @@ class PerceptionNode(LifecycleNode):
         return EngineConfig(
             preset=self._value('preset'), device=self._value('device'),
             dtype=self._value('dtype'), labels=labels,
+            options=ModelOptions(**{name: self._value(name) for name in OPTION_NAMES}),
             **{name: self._value(name) or None for name in parameters.MODEL_PARAMETERS})
 
     def _load_models(self) -> None:
@@ -1018,6 +1022,8 @@ class PerceptionNode(LifecycleNode):
                 self._max_image_age = change.value
             elif change.name in self._depth:
                 self._depth[change.name] = change.value
+            elif change.name in OPTION_NAMES and self._engine is not None:
+                self._engine.set_options(**{change.name: change.value})  # checked above
         if wanted:
             previous = {name: self._value(name) for name in changed
                         if name == 'preset' or name in parameters.MODEL_PARAMETERS}

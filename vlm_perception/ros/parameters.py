@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Union
 
 from vlm_perception.core.engine import CAPABILITIES, clean_labels
 from vlm_perception.core.errors import InputError
+from vlm_perception.core.options import OPTION_OF, OPTIONS, problem
 from vlm_perception.core.slots import OLD_PARAMETERS, SLOTS
 
 RELIABILITIES = ('best_effort', 'reliable')
@@ -51,6 +52,13 @@ SPECS: tuple[ParameterSpec, ...] = (
     ParameterSpec('dtype', 'string', 'auto',
                   'Weights precision: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.',
                   read_only=True),
+    # model options (core/options.py): prompt templates, tag resize mode, generation
+    *(ParameterSpec(option.name, option.kind,
+                    list(option.default) if option.kind == 'string_array' else option.default,
+                    option.description + (' Applied when the model loads.' if option.at_load
+                                          else ''),
+                    limits=option.limits, choices=option.choices, read_only=option.at_load)
+      for option in OPTIONS),
     ParameterSpec('labels', 'string_array', None,
                   "Detection vocabulary (open-vocabulary queries); unset = the preset's. "
                   'Setting it acts like the set_labels service.'),
@@ -129,6 +137,8 @@ def check(name: str, value: Value) -> Optional[str]:
     spec = SPEC_BY_NAME.get(name)
     if spec is None:
         return None  # not ours (use_sim_time and the like)
+    if name in OPTION_OF:
+        return problem(name, value)
     if spec.limits is not None:
         low, high = spec.limits
         if not low <= value <= high:

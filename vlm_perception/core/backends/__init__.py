@@ -13,6 +13,7 @@ from typing import Any
 from vlm_perception.core.backends.contracts import CONTRACTS
 from vlm_perception.core.errors import ModelLoadError
 from vlm_perception.core.loading import model_type
+from vlm_perception.core.options import ModelOptions
 
 # (capability, architecture key) -> 'module:Class' inside this package
 REGISTRY = {
@@ -36,7 +37,8 @@ REGISTRY = {
 }
 
 
-def create_backend(capability: str, model_id: str, device: str, dtype: str) -> Any:
+def create_backend(capability: str, model_id: str, device: str, dtype: str,
+                   options: ModelOptions | None = None) -> Any:
     """Load the model ``model_id`` for a capability with the backend its architecture needs."""
     architecture = model_type(model_id)
     entry = REGISTRY.get((capability, architecture))
@@ -46,7 +48,7 @@ def create_backend(capability: str, model_id: str, device: str, dtype: str) -> A
                              f'{capability} (supported: {supported})')
     module_name, class_name = entry.split(':')
     backend_class = getattr(import_module(f'{__name__}.{module_name}'), class_name)
-    backend = backend_class(model_id, device, dtype)
+    backend = backend_class(model_id, device, dtype, options)
     contract = CONTRACTS[capability]
     if not isinstance(backend, contract):  # a registered class that does not keep its contract
         raise ModelLoadError(f'{class_name} does not implement {contract.__name__}, which '

@@ -7,6 +7,7 @@ import numpy as np
 from vlm_perception.core.device import torch_dtype
 from vlm_perception.core.errors import InputError, ModelLoadError
 from vlm_perception.core.loading import load_hf_config
+from vlm_perception.core.options import ModelOptions
 
 
 class Backend:
@@ -19,12 +20,14 @@ class Backend:
 
     capability = ''
 
-    def __init__(self, model_id: str, device: str, dtype: str) -> None:
-        """Record where the model comes from and where it runs; subclasses load it."""
+    def __init__(self, model_id: str, device: str, dtype: str,
+                 options: ModelOptions | None = None) -> None:
+        """Record where the model comes from, where it runs and how; subclasses load it."""
         self.model_id = model_id
         self.device = device
         self.dtype = dtype
         self.torch_dtype = torch_dtype(dtype)
+        self.options = options or ModelOptions()  # the engine's, replaced when they change
 
     @property
     def key(self) -> str:
@@ -41,13 +44,14 @@ class HFBackend(Backend):
 
     model_class_name = ''
 
-    def __init__(self, model_id: str, device: str, dtype: str) -> None:
+    def __init__(self, model_id: str, device: str, dtype: str,
+                 options: ModelOptions | None = None) -> None:
         """Load the model class named by ``model_class_name`` and the model's processor."""
         import transformers
 
         from vlm_perception.core.loading import load_hf_model, load_hf_processor
 
-        super().__init__(model_id, device, dtype)
+        super().__init__(model_id, device, dtype, options)
         what = f'{self.capability} ({self.model_class_name})'
         config = load_hf_config(model_id, what)
         architectures = getattr(config, 'architectures', None) or []

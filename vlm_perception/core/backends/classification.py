@@ -18,6 +18,7 @@ from vlm_perception.core.backends.base import Backend, HFBackend
 from vlm_perception.core.cache import TextEmbeddingCache
 from vlm_perception.core.frame import Frame
 from vlm_perception.core.loading import load_open_clip
+from vlm_perception.core.options import ModelOptions
 
 
 def softmax_scores(cosine: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -90,9 +91,10 @@ class OpenClipClassifier(EmbeddingTagger, Backend):
 
     capability = 'tags'
 
-    def __init__(self, model_id: str, device: str, dtype: str) -> None:
+    def __init__(self, model_id: str, device: str, dtype: str,
+                 options: ModelOptions | None = None) -> None:
         """Load the model, its image preprocessing and tokenizer (see loading.load_open_clip)."""
-        super().__init__(model_id, device, dtype)
+        super().__init__(model_id, device, dtype, options)
         self.model, self.preprocess, self.tokenizer = load_open_clip(
             model_id, device, self.torch_dtype)
         self.sigmoid = getattr(self.model, 'logit_bias', None) is not None

@@ -21,6 +21,7 @@ import torch
 from vlm_perception.core.backends.base import HFBackend
 from vlm_perception.core.errors import InputError
 from vlm_perception.core.frame import Frame
+from vlm_perception.core.options import ModelOptions
 
 MAX_ANSWER_TOKENS = 32
 MAX_CAPTION_TOKENS = 48
@@ -54,9 +55,10 @@ class GenerativeVLM(HFBackend):
 
     capability = 'vqa and caption'
 
-    def __init__(self, model_id: str, device: str, dtype: str) -> None:
+    def __init__(self, model_id: str, device: str, dtype: str,
+                 options: ModelOptions | None = None) -> None:
         """Load the model (``model_class_name``, as AutoModelForImageTextToText maps it)."""
-        super().__init__(model_id, device, dtype)
+        super().__init__(model_id, device, dtype, options)
         self.positions = self.config.get_text_config().max_position_embeddings
         self._text_outputs = TEXT_OUTPUTS | set(self.tokenizer.model_input_names)
         self._feature_arguments = set(
