@@ -47,14 +47,14 @@ Parameters (declared in vlm_perception.ros.parameters, defaults in config/params
     device, dtype, compressed, image_reliability, warmup, autostart, use_depth,
     max_pending_queries, max_pending_questions, tag_resize_mode (read-only); preset,
     detector_model, tagger_model, vqa_model, captioner_model (one per model slot of
-    vlm_perception.core.slots; settable at run time: the new model loads beside the one serving
-    and is swapped in when ready; if it fails the old one stays and the parameter is set back; the former names
-    classifier_model and caption_model set the new ones, with a warning); capabilities, labels,
-    detection_threshold, scene_period, max_rate, max_image_age, image_timeout, depth_scale,
-    min_depth, max_depth, depth_slop, target_frame, tf_timeout, and the model options of
-    vlm_perception.core.options (detection_templates, tag_templates, vqa_max_new_tokens,
-    caption_max_new_tokens, num_beams, caption_prompt) (settable at run time; bad values are
-    rejected).
+    vlm_perception.core.slots; settable at run time: the new model loads beside the one
+    serving and is swapped in when ready; if it fails the old one stays and the parameter is
+    set back; the former names classifier_model and caption_model set the new ones, with a
+    warning); capabilities, labels, detection_threshold, scene_period, max_rate,
+    max_image_age, image_timeout, depth_scale, min_depth, max_depth, depth_slop, target_frame,
+    tf_timeout, and the model options of vlm_perception.core.options (detection_templates,
+    tag_templates, vqa_max_new_tokens, caption_max_new_tokens, num_beams, caption_prompt)
+    (settable at run time; bad values are rejected).
 
 Environment (test and diagnosis hooks, never parameters; unset in normal use):
     VLM_PERCEPTION_ADDED_LATENCY: seconds of sleep added to each processed frame, to mimic a
