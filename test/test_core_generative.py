@@ -1,6 +1,5 @@
 """Generative VLMs (SmolVLM, Qwen2.5-VL): answers, captions, one load, one encoding."""
 
-import dataclasses
 import math
 import pathlib
 
@@ -8,13 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from vlm_perception.core.backends.generative import (CAPTION_PROMPT, MAX_ANSWER_TOKENS,
-                                                     MAX_CAPTION_TOKENS)
+from vlm_perception.core.backends.generative import CAPTION_PROMPT
 from vlm_perception.core.engine import EngineConfig, PerceptionEngine
 from vlm_perception.core.errors import InputError
+from vlm_perception.core.options import ModelOptions
 
 FAMILIES = ['smolvlm', 'qwen2_5_vl']  # tiny_models.GENERATIVE_BUILDERS
 QUESTION = 'What colour is the cup?'
+MAX_ANSWER_TOKENS = ModelOptions().vqa_max_new_tokens
+MAX_CAPTION_TOKENS = ModelOptions().caption_max_new_tokens
 
 
 def _vision_tower(model: torch.nn.Module) -> torch.nn.Module:
@@ -35,16 +36,16 @@ def generative_model(request: pytest.FixtureRequest,
     return build(tmp_path_factory.mktemp(request.param) / 'model')
 
 
-def _engine(tiny_preset: pathlib.Path, model: pathlib.Path) -> PerceptionEngine:
+def _engine(tiny_preset: pathlib.Path, model: pathlib.Path,
+            **options: object) -> PerceptionEngine:
     """Return an engine whose VQA and captioner slots both name the generative model's folder."""
-    fields = {field.name for field in dataclasses.fields(EngineConfig)}
-    captioner = 'captioner_model' if 'captioner_model' in fields else 'caption_model'
     return PerceptionEngine(EngineConfig(preset=str(tiny_preset), device='cpu',
-                                         vqa_model=str(model), **{captioner: str(model)}))
+                                         vqa_model=str(model), captioner_model=str(model),
+                                         options=ModelOptions(**options)))
 
 
 def _reference(model_folder: pathlib.Path, image: np.ndarray, text: str,
-               max_new_tokens: int) -> tuple[str, float]:
+               max_new_tokens: int, num_beams: int = 1) -> tuple[str, float]:
     """Answer as transformers' own pipeline would: processor, chat template, model.generate."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -54,7 +55,7 @@ def _reference(model_folder: pathlib.Path, image: np.ndarray, text: str,
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(text=[prompt], images=[image], return_tensors='pt')
     with torch.inference_mode():
-        output = model.generate(**inputs, do_sample=False, num_beams=1,
+        output = model.generate(**inputs, do_sample=False, num_beams=num_beams,
                                 max_new_tokens=max_new_tokens, output_scores=True,
                                 return_dict_in_generate=True)
     new_tokens = output.sequences[0, inputs['input_ids'].shape[1]:]
@@ -83,6 +84,20 @@ def test_answers_and_captions_are_those_of_generate(tiny_preset: pathlib.Path,
     other = _image(8, 64, 30)
     assert engine.answer(other, QUESTION).answer == _reference(
         generative_model, other, QUESTION, MAX_ANSWER_TOKENS)[0]
+
+
+def test_generation_options_are_those_of_generate(tiny_preset: pathlib.Path,
+                                                  generative_model: pathlib.Path) -> None:
+    engine = _engine(tiny_preset, generative_model, vqa_max_new_tokens=3,
+                     caption_max_new_tokens=5, num_beams=2, caption_prompt='Name one colour.')
+    image = _image()
+    answer = engine.answer(image, QUESTION)
+    assert answer.answer == _reference(generative_model, image, QUESTION, 3, num_beams=2)[0]
+    assert 0.0 < answer.confidence <= 1.0
+    assert engine.caption(image) == _reference(generative_model, image, 'Name one colour.', 5,
+                                               num_beams=2)[0]
+    assert engine.caption(image, 'Describe the cup.') == _reference(
+        generative_model, image, 'Describe the cup.', 5, num_beams=2)[0]
 
 
 def test_one_model_serves_vqa_and_captions(tiny_preset: pathlib.Path,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from tiny_models import TEXT_LENGTH
 
-from vlm_perception.core.backends.captioning import MAX_CAPTION_TOKENS
 from vlm_perception.core.engine import EngineConfig, PerceptionEngine
 from vlm_perception.core.errors import InputError
+from vlm_perception.core.options import ModelOptions
 from vlm_perception.core.presets import PACKAGED_PRESETS
 
 IMAGE = np.random.default_rng(11).integers(0, 256, (40, 70, 3), dtype=np.uint8)
@@ -79,12 +79,13 @@ def test_caption_prompt_leaves_room_for_the_caption(tiny_models: dict) -> None:
     engine = _engine(tiny_models)
     positions = _positions(engine, 'caption', 'captioner')
     assert positions == 4 * TEXT_LENGTH
-    # The decoder sees the prompt without its closing token, then up to MAX_CAPTION_TOKENS more.
-    limit = positions - MAX_CAPTION_TOKENS + 1
-    prompt = _text(limit)
+    # The decoder sees the prompt without its closing token, then new tokens up to its positions.
+    limit = positions
+    prompt = _text(limit - 8)
     caption = engine.caption(IMAGE, prompt=prompt)
     assert caption.startswith(prompt) and len(caption) > len(prompt)
-    for count in (limit + 1, positions, positions + 1):
+    assert engine.caption(IMAGE, prompt=_text(limit)).startswith(_text(limit))
+    for count in (limit + 1, limit + 20):
         with pytest.raises(InputError, match=_too_long(
                 'prompt', count, engine.model_ids['caption'], limit)):
             engine.caption(IMAGE, prompt=_text(count))
@@ -118,13 +119,27 @@ def test_shapes_vqa_refuses_a_200_character_question(shapes: PerceptionEngine) -
 
 def test_shapes_captioner_prompt_limit(shapes: PerceptionEngine) -> None:
     positions = _positions(shapes, 'caption', 'captioner')
-    limit = positions - MAX_CAPTION_TOKENS + 1
+    limit = positions
     tokenizer = shapes.backend('caption').tokenizer
     prompt = ' '.join(['red'] * (limit - 2))
     assert len(tokenizer(prompt)['input_ids']) == limit
     assert shapes.caption(IMAGE, prompt=prompt).startswith(prompt)
-    count = len(tokenizer('a photo of')['input_ids'])
-    assert count > limit  # 32 positions leave room for one-word prompts only
+    assert shapes.caption(IMAGE, prompt='a photo of').startswith('a photo of')
+    longer = ' '.join(['red'] * (limit - 1))
     with pytest.raises(InputError, match=_too_long(
-            'prompt', count, shapes.model_ids['caption'], limit)):
-        shapes.caption(IMAGE, prompt='a photo of')
+            'prompt', limit + 1, shapes.model_ids['caption'], limit)):
+        shapes.caption(IMAGE, prompt=longer)
+
+
+def test_captions_stop_at_the_decoder_positions_whatever_the_option(
+        tiny_models: dict) -> None:
+    engine = PerceptionEngine(EngineConfig(
+        preset='default', device='cpu', captioner_model=str(tiny_models['captioner']),
+        vqa_model=str(tiny_models['vqa_blip']),
+        options=ModelOptions(caption_max_new_tokens=1024, vqa_max_new_tokens=1024)))
+    positions = _positions(engine, 'caption', 'captioner')
+    tokenizer = engine.backend('caption').tokenizer
+    for prompt in (None, _text(positions - 1)):
+        caption = engine.caption(IMAGE, prompt=prompt)
+        assert len(tokenizer(caption)['input_ids']) <= positions + 1
+    assert engine.answer(IMAGE, 'what is it').answer

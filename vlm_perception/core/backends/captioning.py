@@ -7,8 +7,6 @@ from vlm_perception.core.backends.base import HFBackend
 from vlm_perception.core.backends.blip import generate_text
 from vlm_perception.core.frame import Frame
 
-MAX_CAPTION_TOKENS = 30
-
 
 class BlipCaptioner(HFBackend):
     """BLIP captioning: the vision encoding is shared by every caption request on the frame."""
@@ -21,16 +19,25 @@ class BlipCaptioner(HFBackend):
         return self.model.vision_model(pixel_values=self.pixels(image)['pixel_values'])[0]
 
     def caption(self, frame: Frame, prompt: str | None = None) -> str:
-        """Generate a caption greedily; with a prompt, the caption continues it (as in BLIP)."""
+        """
+        Generate a caption; with a prompt, the caption continues it (as in BLIP).
+
+        Without one, the ``caption_prompt`` option is continued when set. A caption has at most
+        ``caption_max_new_tokens`` tokens, and no more than the decoder's positions leave.
+        """
         image_states = frame.encoding(self.key, self.encode_image)
+        prompt = prompt or self.options.caption_prompt
+        positions = self.config.text_config.max_position_embeddings
         start = None
         if prompt:
-            # The decoder's positions hold the prompt less its closing token plus the caption.
-            limit = self.config.text_config.max_position_embeddings - MAX_CAPTION_TOKENS + 1
+            # The decoder sees the prompt less its closing token: one position must stay free.
             # As BlipForConditionalGeneration.generate: BOS replaces the first token, the
             # tokenizer's closing token is dropped.
-            start = self.limited_tokens(prompt, 'prompt', limit)['input_ids'][:, :-1].clone()
+            start = self.limited_tokens(prompt, 'prompt', positions)['input_ids'][:, :-1].clone()
             start[:, 0] = self.config.text_config.bos_token_id
+        used = 1 if start is None else start.shape[1]
+        # Past its position table the decoder fails: the caption stops there at the latest.
+        max_new_tokens = min(self.options.caption_max_new_tokens, positions - used)
         text, _ = generate_text(self.model.text_decoder, self.config.text_config, image_states,
-                                self.tokenizer, start=start, max_new_tokens=MAX_CAPTION_TOKENS)
+                                self.tokenizer, start, max_new_tokens, self.options)
         return text

@@ -7,7 +7,7 @@ pixels, the vision encoder and the connector, giving the image embeddings) runs 
 and is kept on the Frame; every question and caption on that frame gives the stored embeddings to
 ``generate`` as ``mm_encoder_outputs``, as transformers' generate does itself after encoding
 ``pixel_values``. The prompt goes through the processor's chat template: one user turn holding the
-image and the text, then the assistant's turn, decoded greedily.
+image and the text, then the assistant's turn, decoded greedily (or with ``num_beams`` beams).
 """
 
 from dataclasses import dataclass
@@ -19,13 +19,12 @@ import numpy as np
 import torch
 
 from vlm_perception.core.backends.base import HFBackend
+from vlm_perception.core.backends.decoding import generation_arguments, token_log_probs
 from vlm_perception.core.errors import InputError
 from vlm_perception.core.frame import Frame
 from vlm_perception.core.options import ModelOptions
 
-MAX_ANSWER_TOKENS = 32
-MAX_CAPTION_TOKENS = 48
-CAPTION_PROMPT = 'Describe the image in one sentence.'
+CAPTION_PROMPT = 'Describe the image in one sentence.'  # unless the caption_prompt option
 # The processor's outputs of the text side; the rest of its outputs are the image's.
 TEXT_OUTPUTS = {'text_replacement_offsets', 'mm_token_type_ids'}
 
@@ -48,9 +47,9 @@ class GenerativeVLM(HFBackend):
     """
     A transformers image-text-to-text model answering and captioning through its chat template.
 
-    Answers and captions are the greedy continuation of the assistant's turn (at most
-    MAX_ANSWER_TOKENS and MAX_CAPTION_TOKENS new tokens); an answer's confidence is
-    exp(mean log-probability of its generated tokens).
+    Answers and captions continue the assistant's turn (at most the ``vqa_max_new_tokens`` and
+    ``caption_max_new_tokens`` options); an answer's confidence is exp(mean log-probability of
+    its generated tokens).
     """
 
     capability = 'vqa and caption'
@@ -88,26 +87,24 @@ class GenerativeVLM(HFBackend):
 
     def answer(self, frame: Frame, question: str) -> tuple[str, float]:
         """Return the generated answer and exp(mean log-probability of its tokens)."""
-        return self.generate(frame, question, 'question', MAX_ANSWER_TOKENS)
+        return self.generate(frame, question, 'question', self.options.vqa_max_new_tokens)
 
     def caption(self, frame: Frame, prompt: str | None = None) -> str:
-        """Return the generated caption; the prompt (default CAPTION_PROMPT) is the request."""
-        text, _ = self.generate(frame, prompt or CAPTION_PROMPT, 'prompt', MAX_CAPTION_TOKENS)
+        """Return the generated caption; the prompt is the request (default: caption_prompt)."""
+        request = prompt or self.options.caption_prompt or CAPTION_PROMPT
+        text, _ = self.generate(frame, request, 'prompt', self.options.caption_max_new_tokens)
         return text
 
     def generate(self, frame: Frame, text: str, what: str,
                  max_new_tokens: int) -> tuple[str, float]:
-        """Continue the chat prompt of text on the frame greedily; return (text, confidence)."""
+        """Continue the chat prompt of text on the frame; return (text, confidence)."""
         encoding = frame.encoding(self.key, self.encode_image)
         inputs = self.prompt_tokens(encoding, text, what, max_new_tokens)
         output = self.model.generate(
             **inputs, **encoding.image_inputs, mm_encoder_outputs={'image': encoding.features},
-            do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, output_scores=True,
-            return_dict_in_generate=True)
+            **generation_arguments(self.options, max_new_tokens))
         new_tokens = output.sequences[0, inputs['input_ids'].shape[1]:]
-        step_log_probs = self.model.compute_transition_scores(
-            output.sequences, output.scores, normalize_logits=True)[0].float()
-        step_log_probs = step_log_probs[torch.isfinite(step_log_probs)]
+        step_log_probs = token_log_probs(self.model, output)
         confidence = math.exp(float(step_log_probs.mean())) if step_log_probs.numel() else 0.0
         return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip(), confidence
 

@@ -9,8 +9,6 @@ from vlm_perception.core.backends.base import HFBackend
 from vlm_perception.core.backends.blip import generate_text
 from vlm_perception.core.frame import Frame
 
-MAX_ANSWER_TOKENS = 10
-
 
 @dataclass
 class ViltImageEncoding:
@@ -59,7 +57,7 @@ class BlipAnswerer(HFBackend):
         return self.model.vision_model(pixel_values=self.pixels(image)['pixel_values'])[0]
 
     def answer(self, frame: Frame, question: str) -> tuple[str, float]:
-        """Generate an answer greedily; confidence is the probability of the whole answer."""
+        """Generate an answer; confidence is the probability of the whole answer."""
         image_states = frame.encoding(self.key, self.encode_image)
         inputs = self.limited_tokens(question, 'question',
                                      self.config.text_config.max_position_embeddings)
@@ -67,5 +65,8 @@ class BlipAnswerer(HFBackend):
         question_states = self.model.text_encoder(
             **inputs, encoder_hidden_states=image_states, encoder_attention_mask=image_mask,
             return_dict=False)[0]
+        # The answer decoder starts from BOS; past its position table it would fail.
+        max_new_tokens = min(self.options.vqa_max_new_tokens,
+                             self.config.text_config.max_position_embeddings - 1)
         return generate_text(self.model.text_decoder, self.config.text_config, question_states,
-                             self.tokenizer, start=None, max_new_tokens=MAX_ANSWER_TOKENS)
+                             self.tokenizer, None, max_new_tokens, self.options)
