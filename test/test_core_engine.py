@@ -196,7 +196,7 @@ def test_set_labels_cleans_and_rejects(tiny_preset) -> None:
     lambda e, f: e.describe(f, question='x' * 513),
     lambda e, f: e.frame(np.zeros((0, 0, 3), np.uint8)),
     lambda e, f: e.detect(np.zeros((4, 4, 2), np.uint8)),
-    lambda e, f: e.load(['segment']),
+    lambda e, f: e.load(['fly']),
 ])
 def test_bad_input_is_an_input_error(engine: PerceptionEngine, call) -> None:
     with pytest.raises(InputError):

@@ -239,7 +239,7 @@ def test_a_failed_replacement_keeps_the_old_model(tiny_preset, other_detector: s
 
 def test_replace_model_refuses_bad_arguments(tiny_preset) -> None:
     engine = _engine(tiny_preset)
-    for capability, model_id in (('segment', 'x'), ('detect', ''), ('detect', '  '),
+    for capability, model_id in (('fly', 'x'), ('detect', ''), ('detect', '  '),
                                  ('detect', None)):
         with pytest.raises(InputError):
             engine.replace_model(capability, model_id)
@@ -251,6 +251,6 @@ def test_model_for_gives_the_model_a_preset_names(tiny_preset) -> None:
     assert engine.model_for('tags', preset='default') == 'ViT-B-32:laion2b_s34b_b79k'
     assert engine.model_for('vqa', preset=str(tiny_preset)) == str((tiny_preset / 'vqa').resolve())
     assert engine.model_for('caption', override='/models/blip') == '/models/blip'
-    for call in (lambda: engine.model_for('segment'), lambda: engine.model_for('detect', 'nope')):
+    for call in (lambda: engine.model_for('fly'), lambda: engine.model_for('detect', 'nope')):
         with pytest.raises(InputError):
             call()

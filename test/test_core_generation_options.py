@@ -46,7 +46,8 @@ def test_blip_captions_follow_the_options_as_generate(tiny_preset: pathlib.Path,
     engine = _engine(tiny_preset, **options)
     image = _image()
     expected = _blip_reference(tiny_preset / 'captioner', 'BlipForConditionalGeneration', image,
-                               options.get('caption_prompt'), num_beams=options.get('num_beams', 1),
+                               options.get('caption_prompt'),
+                               num_beams=options.get('num_beams', 1),
                                max_new_tokens=options['caption_max_new_tokens'])
     assert engine.caption(image) == expected
     tokens = engine.backend('caption').tokenizer(expected)['input_ids']

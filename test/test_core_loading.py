@@ -33,7 +33,8 @@ def test_model_types_come_from_the_saved_configs(tiny_models: dict) -> None:
     assert kinds == {'detector': 'owlvit', 'detector_v2': 'owlv2', 'classifier': 'open_clip',
                      'vqa_vilt': 'vilt', 'vqa_blip': 'blip', 'captioner': 'blip',
                      'grounding_dino': 'grounding-dino', 'classifier_siglip': 'open_clip',
-                     'tagger_siglip': 'siglip', 'tagger_siglip2': 'siglip2'}
+                     'tagger_siglip': 'siglip', 'tagger_siglip2': 'siglip2',
+                     'segmenter': 'sam', 'segmenter_sam2': 'sam2'}
 
 
 def test_open_clip_folder_round_trip_with_open_clip_itself(tmp_path, tiny_models: dict) -> None:

@@ -72,7 +72,9 @@ def test_open_clip_siglip_scores_are_a_sigmoid_of_scaled_cosine_plus_bias(
     assert engine.backend('tags').sigmoid
 
     name = f'local-dir:{folder}'
-    model, preprocess = open_clip.create_model_from_pretrained(name)
+    # the engine fits the frame as its tag_resize_mode option says (default: longest)
+    model, preprocess = open_clip.create_model_from_pretrained(
+        name, image_resize_mode=engine.options.tag_resize_mode)
     tokenizer = open_clip.get_tokenizer(name)
     assert model.logit_bias is not None
     with torch.no_grad():

@@ -8,7 +8,8 @@ import pytest
 
 from vlm_perception import cli
 from vlm_perception.core import presets
-from vlm_perception.core.engine import CAPABILITIES, EngineConfig, PerceptionEngine
+from vlm_perception.core.engine import (CAPABILITIES, DEFAULT_CAPABILITIES, EngineConfig,
+                                        PerceptionEngine)
 from vlm_perception.core.slots import (DeprecatedName, OLD_FLAGS, OLD_KEYS, OLD_PARAMETERS,
                                        SLOT_NAMES, SLOTS)
 from vlm_perception.ros import parameters
@@ -17,8 +18,10 @@ SHAPES_PRESET = Path(presets.__file__).resolve().parent.parent / 'models' / 'sha
 
 
 def test_one_word_per_slot_and_the_capabilities_stay_verbs() -> None:
-    assert SLOT_NAMES == ('detector', 'tagger', 'vqa', 'captioner')
-    assert CAPABILITIES == ('detect', 'tags', 'vqa', 'caption')
+    assert SLOT_NAMES == ('detector', 'tagger', 'vqa', 'captioner', 'segmenter')
+    assert CAPABILITIES == ('detect', 'tags', 'vqa', 'caption', 'segment')
+    assert DEFAULT_CAPABILITIES == ('detect', 'tags', 'vqa', 'caption')  # segment: optional
+    assert parameters.SPEC_BY_NAME['capabilities'].default == list(DEFAULT_CAPABILITIES)
     assert [slot.capability for slot in SLOTS] == list(CAPABILITIES)
     for slot in SLOTS:
         assert (slot.key, slot.flag, slot.parameter) == (
@@ -36,7 +39,7 @@ def test_preset_fields_and_engine_config_fields_are_the_slots() -> None:
         assert presets.DEFAULT.model(slot.key) == getattr(presets.DEFAULT, slot.key)
         assert getattr(EngineConfig(), slot.parameter) is None
     with pytest.raises(Exception, match='unknown model slot'):
-        presets.DEFAULT.model('segmenter')
+        presets.DEFAULT.model('painter')
 
 
 @pytest.mark.parametrize('slot', SLOTS, ids=SLOT_NAMES)
@@ -108,7 +111,8 @@ def test_preset_json_with_slot_keys_and_with_the_former_key(tmp_path) -> None:
                     reason='shapes preset not built')
 def test_the_shipped_shapes_preset_uses_the_slot_keys() -> None:
     spec = json.loads((SHAPES_PRESET / 'preset.json').read_text())
-    assert set(SLOT_NAMES) <= set(spec) and not set(OLD_KEYS) & set(spec)
+    on_by_default = {slot.name for slot in SLOTS if slot.on_by_default}  # no segmenter: default's
+    assert on_by_default <= set(spec) and not set(OLD_KEYS) & set(spec)
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         presets.get_preset('shapes')

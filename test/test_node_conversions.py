@@ -147,6 +147,32 @@ def test_detection_round_trip_keeps_position_and_size() -> None:
     assert not plain.has_position and conversions.detection_from_msg(plain).position is None
 
 
+def test_detection_mask_round_trip_is_mono8_with_the_image_header() -> None:
+    mask = np.zeros((6, 4), np.uint8)  # the box's pixels: columns 8..11, rows 17..22
+    mask[1:4, 2:] = 255
+    core = Detection('cup', 0.5, 10.0, 20.0, 3.5, 5.2, mask=mask)
+    message = conversions.detection_to_msg(core, HEADER)
+    image = message.mask
+    assert (image.width, image.height, image.encoding, image.step) == (4, 6, 'mono8', 4)
+    assert image.header == HEADER
+    back = conversions.detection_from_msg(message)
+    np.testing.assert_array_equal(back.mask, mask)
+    assert back == core and back.mask is not mask
+    array = conversions.detections_to_msg([core], HEADER)
+    assert array.detections[0].mask.header == HEADER and array.detections[0].mask.width == 4
+    scene = conversions.scene_to_msg(SceneDescription(detections=[core]), HEADER)
+    np.testing.assert_array_equal(conversions.scene_from_msg(scene).detections[0].mask, mask)
+    moved = conversions.in_frame(array, 'base_link', conversions.IDENTITY)
+    assert moved.detections[0].mask == array.detections[0].mask
+    message.mask = raw_image('mono8', mask, pad=3)  # padded rows read as well
+    np.testing.assert_array_equal(conversions.detection_from_msg(message).mask, mask)
+    message.mask.encoding = 'rgb8'
+    with pytest.raises(InputError, match='mono8'):
+        conversions.detection_from_msg(message)
+    plain = conversions.detection_to_msg(Detection('dog', 0.5, 1.0, 2.0, 3.0, 4.0), HEADER)
+    assert plain.mask.width == 0 and conversions.detection_from_msg(plain).mask is None
+
+
 def test_diagnostic_array() -> None:
     stats = PerceptionStats()
     stats.model_state = 'ready'

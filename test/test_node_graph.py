@@ -222,7 +222,7 @@ def test_bad_parameter_values_are_rejected_and_the_old_value_stays(ros) -> None:
     assert get_parameter(ros, 'max_rate') == 0.0
     assert not set_parameter(ros, 'detection_threshold', 2.0).successful
     assert not set_parameter(ros, 'image_reliability', 'sometimes').successful
-    assert not set_parameter(ros, 'capabilities', ['detect', 'segment']).successful
+    assert not set_parameter(ros, 'capabilities', ['detect', 'fly']).successful
     assert get_parameter(ros, 'capabilities') == ['detect', 'tags', 'vqa', 'caption']
     assert not set_parameter(ros, 'device', 'cuda').successful  # read-only: models stay put
     assert not set_parameter(ros, 'preset', 'no_such_preset').successful  # checked at once

@@ -187,7 +187,8 @@ def test_parameter_checks() -> None:
     assert 'within' in parameters.check('detection_threshold', 1.5)
     assert parameters.check('capabilities', ['detect', 'vqa']) is None
     assert parameters.check('capabilities', []) is None
-    assert 'unknown' in parameters.check('capabilities', ['detect', 'segment'])
+    assert parameters.check('capabilities', ['detect', 'segment']) is None
+    assert 'unknown' in parameters.check('capabilities', ['detect', 'fly'])
     assert 'repeated' in parameters.check('capabilities', ['detect', 'detect'])
     assert 'unknown' in parameters.check('image_reliability', 'sometimes')
     assert parameters.check('labels', ['cup', 'red circle']) is None

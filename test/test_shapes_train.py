@@ -145,6 +145,7 @@ def test_smoke_run_writes_a_preset_the_engine_loads(tmp_path: Path) -> None:
     assert {'detector', 'tagger', 'vqa', 'captioner'} <= set(preset)
     assert set(json.loads((out / 'training.json').read_text())['stages']) == set(train.STAGES)
     engine = PerceptionEngine(EngineConfig(preset=str(out), device='cpu'))
+    assert engine.options.tag_resize_mode == 'squash'  # as the tagger was trained
     frame = engine.frame(world.sample_scene(np.random.default_rng(0)).image)
     assert isinstance(engine.detect(frame), list)
     assert engine.tags(frame, top_k=1)[0].label in world.NAMES

@@ -167,6 +167,77 @@ def build_grounding_dino(folder: Path, seed: int = SEED, max_text_len: int = 32,
     return _save(model, processor, folder)
 
 
+OMDET_TEXT_LENGTH = 77  # OmDetTurboProcessor pads every text to 77 tokens, whatever the model
+
+
+def _spread_omdet_heads(model, processor) -> None:
+    """
+    Spread a random OmDet-Turbo's scores over labels, and its boxes around their anchors.
+
+    Its class logits are cosines: random class embeddings share one direction and so do the
+    decoder's query features, so one label would win every query. The class heads get a bias
+    cancelling the vocabulary's mean embedding, and the last one's output is made orthogonal to
+    the mean query feature of a few random images; scores then spread around 0.5 per label.
+    """
+    import numpy as np
+    import torch
+
+    decoder = model.decoder
+    with torch.no_grad():
+        ids = processor.tokenizer(WORDS, padding='max_length', max_length=OMDET_TEXT_LENGTH,
+                                  return_tensors='pt')['input_ids']
+        mean = model.language_backbone(ids, encode_type='class').mean(dim=0)
+        for head in (*decoder.decoder_class_head, decoder.encoder_class_head):
+            head.bias.copy_(-(head.weight @ mean))
+        images = list(np.random.default_rng(SEED).integers(0, 256, (4, 48, 80, 3), np.uint8))
+        inputs = processor(images=images, text=[WORDS[:4]] * 4, return_tensors='pt')
+        query = model(**inputs, output_hidden_states=True).decoder_hidden_states[-1]
+        direction = torch.nn.functional.normalize(query.flatten(0, 1).mean(dim=0), dim=0)
+        away = torch.eye(direction.shape[0]) - torch.outer(direction, direction)
+        last = decoder.decoder_class_head[-1]
+        last.weight.copy_(away @ last.weight)
+        last.bias.copy_(away @ last.bias)
+        for head in decoder.decoder_bbox_head:  # zero at init: boxes would be the anchors
+            torch.nn.init.normal_(head.layers[-1].weight, std=0.3)
+            # Larger boxes: neighbours overlap (NMS has work), many cross the image's border.
+            head.layers[-1].bias.copy_(torch.tensor([0.0, 0.0, 2.0, 2.0]))
+
+
+def build_omdet_turbo(folder: Path, seed: int = SEED) -> Path:
+    """
+    OmDet-Turbo: timm's test_convnext backbone (random), a 1-layer CLIP text tower, 20 queries.
+
+    The image processor stretches the image to 64²; the three feature levels are 8², 4², 2².
+    """
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    dim = HIDDEN // 2  # encoder and decoder width; the text tower and class embeddings: HIDDEN
+    text = transformers.CLIPTextConfig(max_position_embeddings=OMDET_TEXT_LENGTH,
+                                       **_tower(num_hidden_layers=1), **_ids())
+    # timm's test models are ~200k parameters; test_convnext's stages 1-3 give strides 8-32.
+    backbone = transformers.TimmBackboneConfig(backbone='test_convnext', out_indices=[1, 2, 3])
+    config = transformers.OmDetTurboConfig(
+        backbone_config=backbone, text_config=text, image_size=IMAGE_SIZE,
+        apply_layernorm_after_vision_backbone=False,  # its layer norms expect swin's NHWC maps
+        encoder_in_channels=[32, 48, 64], text_projection_in_dim=HIDDEN,
+        text_projection_out_dim=HIDDEN, class_embed_dim=HIDDEN, task_encoder_hidden_dim=2 * HIDDEN,
+        num_queries=20, encoder_hidden_dim=dim, vision_features_channels=[dim] * 3,
+        encoder_attention_heads=2, encoder_dim_feedforward=2 * dim, decoder_hidden_dim=dim,
+        decoder_num_heads=2, decoder_num_layers=2, decoder_dim_feedforward=2 * dim,
+        decoder_num_points=2, disable_custom_kernels=True)
+    image_processor = transformers.DetrImageProcessor(
+        size={'height': IMAGE_SIZE, 'width': IMAGE_SIZE})
+    tokenizer = build_tokenizer()
+    tokenizer.model_max_length = OMDET_TEXT_LENGTH
+    processor = transformers.OmDetTurboProcessor(image_processor=image_processor,
+                                                 tokenizer=tokenizer)
+    model = transformers.OmDetTurboForObjectDetection(config).eval()
+    _spread_omdet_heads(model, processor)
+    return _save(model, processor, folder)
+
+
 def build_vilt(folder: Path) -> Path:
     """Build a ViLT VQA model: patch 32, shorter side resized to 64, a few answers."""
     import torch
@@ -472,6 +543,67 @@ def build_qwen2_5_vl(folder: Path, seed: int = SEED) -> Path:
     return _save(model, processor, folder)
 
 
+def build_sam(folder: Path, seed: int = SEED) -> Path:
+    """
+    SAM: a 2-layer ViT (64² input, patch 8: an 8×8 embedding of 16 channels), 2-layer decoder.
+
+    The image processor resizes the longest side to 64 and pads to 64²; the decoder's logits are
+    32², post-processed to the image's size.
+    """
+    import torch
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+
+    torch.manual_seed(seed)
+    patch, channels = 8, HIDDEN // 2
+    vision = {**_tower(), 'image_size': IMAGE_SIZE, 'patch_size': patch,
+              'output_channels': channels, 'window_size': 4, 'global_attn_indexes': [1],
+              'mlp_dim': 2 * HIDDEN, 'num_pos_feats': channels // 2}
+    prompt = {'hidden_size': channels, 'image_size': IMAGE_SIZE, 'patch_size': patch,
+              'mask_input_channels': 4}
+    decoder = {'hidden_size': channels, 'num_hidden_layers': 2, 'num_attention_heads': 2,
+               'mlp_dim': 2 * channels, 'iou_head_hidden_dim': channels}
+    config = SamConfig(vision_config=vision, prompt_encoder_config=prompt,
+                       mask_decoder_config=decoder)
+    mask_edge = IMAGE_SIZE // 4
+    image_processor = SamImageProcessor(
+        size={'longest_edge': IMAGE_SIZE}, pad_size={'height': IMAGE_SIZE, 'width': IMAGE_SIZE},
+        mask_size={'longest_edge': mask_edge},
+        mask_pad_size={'height': mask_edge, 'width': mask_edge})
+    return _save(SamModel(config).eval(), SamProcessor(image_processor=image_processor), folder)
+
+
+def build_sam2(folder: Path, seed: int = SEED) -> Path:
+    """
+    SAM2: a 4-stage Hiera (64² input; 16², 8², 4² feature maps), FPN width 16, 2-layer decoder.
+
+    The image processor stretches the image to 64²; the decoder's logits are 16².
+    """
+    import torch
+    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
+
+    torch.manual_seed(seed)
+    channels = HIDDEN // 2
+    # A stage's first block pools its queries, so the global-attention block is not one.
+    backbone = {'model_type': 'sam2_hiera_det_model', 'hidden_size': 8,
+                'image_size': [IMAGE_SIZE, IMAGE_SIZE], 'blocks_per_stage': [1, 1, 2, 1],
+                'embed_dim_per_stage': [8, 16, 32, 64],
+                'num_attention_heads_per_stage': [1, 1, 2, 2],
+                'window_size_per_stage': [4, 2, 2, 2], 'global_attention_blocks': [3],
+                'window_positional_embedding_background_size': [2, 2]}
+    vision = {'backbone_config': backbone, 'backbone_channel_list': [64, 32, 16, 8],
+              'backbone_feature_sizes': [[16, 16], [8, 8], [4, 4]], 'fpn_hidden_size': channels}
+    prompt = {'hidden_size': channels, 'image_size': IMAGE_SIZE, 'patch_size': 16,
+              'mask_input_channels': 4}
+    decoder = {'hidden_size': channels, 'mlp_dim': 2 * channels, 'num_hidden_layers': 2,
+               'num_attention_heads': 2, 'iou_head_hidden_dim': channels}
+    config = Sam2Config(vision_config=vision, prompt_encoder_config=prompt,
+                        mask_decoder_config=decoder)
+    image_processor = Sam2ImageProcessor(size={'height': IMAGE_SIZE, 'width': IMAGE_SIZE},
+                                         mask_size={'height': 16, 'width': 16})
+    processor = Sam2Processor(image_processor=image_processor, target_size=IMAGE_SIZE)
+    return _save(Sam2Model(config).eval(), processor, folder)
+
+
 BUILDERS = {
     'detector': build_owlvit,
     'detector_v2': build_owlv2,
@@ -483,9 +615,12 @@ BUILDERS = {
     'vqa_blip': build_blip_vqa,
     'captioner': build_blip_captioner,
     'grounding_dino': build_grounding_dino,
+    'segmenter': build_sam,
+    'segmenter_sam2': build_sam2,
 }
 # Built by the tests that use them, not by build_tiny_models (each takes a few seconds).
 GENERATIVE_BUILDERS = {'smolvlm': build_smolvlm, 'qwen2_5_vl': build_qwen2_5_vl}
+OTHER_BUILDERS = {'omdet_turbo': build_omdet_turbo}  # likewise
 
 
 def build_tiny_models(root: Path) -> dict[str, Path]:
@@ -512,11 +647,12 @@ def build_tiny_preset(root: Path, models: dict[str, Path] | None = None) -> Path
     preset = root / 'tiny_preset'
     preset.mkdir(parents=True, exist_ok=True)
     members = {'detector': 'detector', 'tagger': 'classifier', 'vqa': 'vqa_blip',
-               'captioner': 'captioner'}  # slot -> tiny model
+               'captioner': 'captioner', 'segmenter': 'segmenter'}  # slot -> tiny model
     for slot, key in members.items():
         shutil.copytree(models[key], preset / slot, dirs_exist_ok=True)
     spec = {'detector': 'detector', 'tagger': 'tagger', 'vqa': 'vqa',
-            'captioner': 'captioner', 'labels': TINY_LABELS, 'detection_threshold': 0.0}
+            'captioner': 'captioner', 'segmenter': 'segmenter', 'labels': TINY_LABELS,
+            'detection_threshold': 0.0}
     (preset / 'preset.json').write_text(json.dumps(spec, indent=2))
     return preset
 
@@ -526,7 +662,7 @@ if __name__ == '__main__':
     # a BUILDERS key, '-' standing for '_' (grounding-dino).
     import sys
 
-    builders = {**BUILDERS, **GENERATIVE_BUILDERS}
+    builders = {**BUILDERS, **GENERATIVE_BUILDERS, **OTHER_BUILDERS}
     if len(sys.argv) != 3 or sys.argv[1].replace('-', '_') not in builders:
         sys.exit(f"usage: {sys.argv[0]} {{{','.join(builders)}}} OUT")
     print(builders[sys.argv[1].replace('-', '_')](Path(sys.argv[2])))

@@ -22,6 +22,7 @@ from typing import Callable, Sequence, TYPE_CHECKING
 
 from vlm_perception.core.errors import InputError, ModelLoadError
 from vlm_perception.core.options import OPTIONS
+from vlm_perception.core.presets import PRESET_NAMES
 from vlm_perception.core.slots import deprecation, OLD_FLAGS, SLOTS
 
 if TYPE_CHECKING:  # the engine (numpy, model code) is imported only when a command needs it
@@ -49,7 +50,7 @@ def engine_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     models = parent.add_argument_group('models')
     models.add_argument('--preset', default='default',
-                        help="preset name ('default', 'shapes') or preset folder "
+                        help=f"preset name ({', '.join(PRESET_NAMES)}) or preset folder "
                              '(default: %(default)s)')
     for slot in SLOTS:  # --detector, --tagger, --vqa, --captioner
         models.add_argument(slot.flag, dest=slot.parameter, metavar='MODEL',

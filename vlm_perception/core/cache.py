@@ -8,12 +8,18 @@ DEFAULT_CAPACITY = 4096
 
 
 class TextEmbeddingCache:
-    """Thread-safe LRU map (model key, text) -> embedding row, filled in batches."""
+    """
+    Thread-safe LRU map (model key, variant, text) -> embedding row, filled in batches.
+
+    The variant names how texts become embeddings besides the model (the prompt templates):
+    rows of another variant are never reused, and clearing a model key clears all its variants.
+    """
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         """Keep at most ``capacity`` embeddings; the least recently used go first."""
         self.capacity = capacity
-        self._rows: collections.OrderedDict[tuple[str, str], Any] = collections.OrderedDict()
+        self._rows: collections.OrderedDict[tuple[str, str, str], Any] = \
+            collections.OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -21,7 +27,7 @@ class TextEmbeddingCache:
         return len(self._rows)
 
     def get(self, model_key: str, texts: Sequence[str],
-            encode: Callable[[list[str]], Sequence[Any]]) -> list[Any]:
+            encode: Callable[[list[str]], Sequence[Any]], variant: str = '') -> list[Any]:
         """
         Return one embedding per text, encoding only the texts not cached, in one call.
 
@@ -29,16 +35,16 @@ class TextEmbeddingCache:
         """
         with self._lock:
             missing = [text for text in dict.fromkeys(texts)
-                       if (model_key, text) not in self._rows]
+                       if (model_key, variant, text) not in self._rows]
         if missing:
             encoded = encode(missing)
             with self._lock:
                 for text, row in zip(missing, encoded):
-                    self._rows[(model_key, text)] = row
+                    self._rows[(model_key, variant, text)] = row
         with self._lock:
             rows = []
             for text in texts:
-                key = (model_key, text)
+                key = (model_key, variant, text)
                 row = self._rows.get(key)
                 if row is None:      # evicted by a concurrent request: encode again
                     row = encode([text])[0]
@@ -50,7 +56,7 @@ class TextEmbeddingCache:
         return rows
 
     def clear(self, model_key: str | None = None) -> None:
-        """Forget the embeddings of one model, or of all."""
+        """Forget the embeddings of one model (every variant), or of all."""
         with self._lock:
             for key in [k for k in self._rows if model_key is None or k[0] == model_key]:
                 del self._rows[key]
@@ -58,4 +64,4 @@ class TextEmbeddingCache:
     def model_keys(self) -> set[str]:
         """Return the keys of the models that have embeddings cached."""
         with self._lock:
-            return {model_key for model_key, _ in self._rows}
+            return {key[0] for key in self._rows}

@@ -160,20 +160,34 @@ def place(detection: Detection, depth: DepthImage, camera: PinholeCamera, image_
     searched a little beyond the box (SEARCH_MARGIN), since a tight box may cut the object:
     its centre and its size x, y come from their extent at that depth, size z is the
     10th-90th percentile spread of their depths.
+
+    With a mask (Detection.mask, as a segmenter gives it) only the mask's pixels count: the
+    depth is the median of their valid depths and the object is those of them within the band;
+    an empty mask, or one not of the box's pixel_window shape, places as without a mask.
     """
     scale_x, scale_y = depth.shape[1] / image_width, depth.shape[0] / image_height
     x0, y0, x1, y1 = detection.box
-    inner = _valid(_window(depth, x0, y0, x1, y1, scale_x, scale_y, INNER_FRACTION)[0],
-                   min_depth, max_depth)
+    masked = _masked_window(detection, depth, image_width, image_height, scale_x, scale_y)
+    if masked is None:
+        inner = _valid(_window(depth, x0, y0, x1, y1, scale_x, scale_y, INNER_FRACTION)[0],
+                       min_depth, max_depth)
+    else:
+        depths, left, top, in_mask = masked
+        depths = _valid(depths, min_depth, max_depth)
+        inner = depths[in_mask]
     valid = inner[np.isfinite(inner)]
     if valid.size < max(1, MIN_VALID_FRACTION * inner.size):
         return None
     z = float(np.median(valid))
     camera = camera.for_image(image_width, image_height)
     width_m, _ = _extent(camera, x0, y0, x1, y1, z)
-    depths, left, top = _window(depth, x0, y0, x1, y1, scale_x, scale_y, 1 + 2 * SEARCH_MARGIN)
-    depths = _valid(depths, min_depth, max_depth)
-    near = np.abs(depths - z) <= max(OBJECT_BAND_FRACTION * width_m, MIN_OBJECT_BAND_M)
+    if masked is None:
+        depths, left, top = _window(depth, x0, y0, x1, y1, scale_x, scale_y,
+                                    1 + 2 * SEARCH_MARGIN)
+        depths = _valid(depths, min_depth, max_depth)
+        in_mask = np.ones(depths.shape, dtype=bool)
+    near = (np.abs(depths - z) <= max(OBJECT_BAND_FRACTION * width_m, MIN_OBJECT_BAND_M)) & \
+        in_mask
     if near.any():  # NaN compares false: invalid depths are never the object
         (cols,), (rows,) = np.nonzero(near.any(axis=0)), np.nonzero(near.any(axis=1))
         x0, x1 = (left + cols[0]) / scale_x, (left + cols[-1] + 1) / scale_x
@@ -206,6 +220,29 @@ def _window(depth: DepthImage, x0: float, y0: float, x1: float, y1: float, scale
     top = min(max(int(math.ceil((y0 + margin_y) * scale_y - 0.5)), 0), height)
     bottom = min(max(int(math.floor((y1 - margin_y) * scale_y - 0.5)) + 1, top), height)
     return depth.metres(top, bottom, left, right), left, top
+
+
+def _masked_window(detection: Detection, depth: DepthImage, image_width: int,
+                   image_height: int, scale_x: float,
+                   scale_y: float) -> Optional[tuple[np.ndarray, int, int, np.ndarray]]:
+    """
+    Return the depths (m) centred in the box, left col, top row, and which the mask covers.
+
+    A depth pixel takes the mask's value at the image pixel under its centre. None when the
+    detection has no mask, an empty one, or one not covering the box's pixel_window.
+    """
+    mask = detection.mask
+    left, top, right, bottom = detection.pixel_window(image_width, image_height)
+    if mask is None or mask.shape != (bottom - top, right - left) or not mask.any():
+        return None
+    x0, y0, x1, y1 = detection.box
+    depths, depth_left, depth_top = _window(depth, x0, y0, x1, y1, scale_x, scale_y, 1.0)
+    # A centre on the box's far edge (a whole-pixel x1) falls just past the mask: clipped.
+    columns = np.clip(np.floor((depth_left + np.arange(depths.shape[1]) + 0.5) / scale_x)
+                      .astype(int) - left, 0, mask.shape[1] - 1)
+    rows = np.clip(np.floor((depth_top + np.arange(depths.shape[0]) + 0.5) / scale_y)
+                   .astype(int) - top, 0, mask.shape[0] - 1)
+    return depths, depth_left, depth_top, mask[rows[:, None], columns[None, :]] > 0
 
 
 def _valid(depths: np.ndarray, min_depth: float, max_depth: float) -> np.ndarray:

@@ -6,6 +6,7 @@ Used by the ROS node and the CLI alike::
     engine = PerceptionEngine(EngineConfig(preset='default', device='auto'))
     frame = engine.frame(rgb)                      # HxWx3 uint8 RGB
     engine.detect(frame, labels=['cup'])           # -> list[Detection]
+    engine.segment(frame, detections)              # -> the detections with masks (SAM)
     engine.describe(frame, question='Is the door open?')
 
 Efficiency: models load on first use (or in ``load``); label embeddings are cached per model and
@@ -30,20 +31,23 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from vlm_perception.core.backends.contracts import Answerer, Captioner, Detector, Tagger
+from vlm_perception.core.backends.contracts import (Answerer, Captioner, Detector, Segmenter,
+                                                    Tagger)
 from vlm_perception.core.cache import TextEmbeddingCache
 from vlm_perception.core.device import resolve_device, resolve_dtype
 from vlm_perception.core.errors import InputError, OutOfMemory
 from vlm_perception.core.faults import FaultInjector
 from vlm_perception.core.frame import Frame
-from vlm_perception.core.options import ModelOptions, Value
+from vlm_perception.core.options import ModelOptions, Value, with_preset_options
 from vlm_perception.core.presets import get_preset
 from vlm_perception.core.scheduling import FairLock
 from vlm_perception.core.slots import OLD_PARAMETERS, SLOT_OF, SLOTS, warn_deprecated
 from vlm_perception.core.summary import summarize
 from vlm_perception.core.types import Answer, Detection, LabelScore, SceneDescription
 
-CAPABILITIES = tuple(slot.capability for slot in SLOTS)  # detect, tags, vqa, caption
+CAPABILITIES = tuple(slot.capability for slot in SLOTS)  # detect, tags, vqa, caption, segment
+# What load() and the node run unless told otherwise: all but the optional ones (segment).
+DEFAULT_CAPABILITIES = tuple(slot.capability for slot in SLOTS if slot.on_by_default)
 MAX_TEXT_LENGTH = 512      # characters of a question, prompt or label
 MAX_LABELS = 256
 WARMUP_SIZE = (64, 96)     # height, width of the blank warm-up frame
@@ -59,8 +63,8 @@ def _rename_old_keywords(self: 'EngineConfig', *old_values: str | None) -> None:
 
 
 # What to load and how; None means the preset's. One <slot>_model field per model slot
-# (detector_model, tagger_model, vqa_model, captioner_model); the former names are keywords
-# only (deprecated: they set their slot's field and warn).
+# (detector_model, tagger_model, vqa_model, captioner_model, segmenter_model); the former names
+# are keywords only (deprecated: they set their slot's field and warn).
 EngineConfig = dataclasses.make_dataclass(
     'EngineConfig',
     [('preset', str, 'default'), *[(slot.parameter, str | None, None) for slot in SLOTS],
@@ -123,7 +127,7 @@ def _first_line(error: BaseException) -> str:
 
 
 class PerceptionEngine:
-    """Detection, tags, VQA, captions and scene descriptions of RGB frames."""
+    """Detection, masks, tags, VQA, captions and scene descriptions of RGB frames."""
 
     def __init__(self, config: EngineConfig | None = None) -> None:
         """Resolve preset, models, device, dtype and vocabulary; load no model yet."""
@@ -140,7 +144,8 @@ class PerceptionEngine:
         threshold = self.config.detection_threshold
         self.detection_threshold = check_threshold(
             self.preset.detection_threshold if threshold is None else threshold)
-        self.options = self.config.options.checked()  # InputError naming a bad one
+        # InputError naming a bad one; the preset's options where the config keeps the defaults
+        self.options = with_preset_options(self.config.options.checked(), self.preset.options)
         self._backends: dict[str, Any] = {}
         self._text_cache = TextEmbeddingCache()
         self._lock = FairLock()  # requests and the stream take turns
@@ -209,9 +214,12 @@ class PerceptionEngine:
         if torch.cuda.is_initialized():
             torch.cuda.empty_cache()
 
-    def load(self, capabilities: Iterable[str] = CAPABILITIES, warmup: bool = False) -> None:
+    def load(self, capabilities: Iterable[str] = DEFAULT_CAPABILITIES,
+             warmup: bool = False) -> None:
         """
         Load the models of some capabilities now; with warmup, run each once on a blank frame.
+
+        By default those of DEFAULT_CAPABILITIES: segment loads only when asked for.
 
         The warm-up also encodes the configured vocabularies, so the first real frame pays for
         neither.
@@ -363,6 +371,10 @@ class PerceptionEngine:
             self._tags(frame, self.tag_labels, 5, backend, what)
         elif capability == 'vqa':
             self._answer(frame, 'What is this?', backend, what)
+        elif capability == 'segment':  # one box, the whole frame
+            whole = Detection('warm-up', 1.0, frame.width / 2, frame.height / 2, frame.width,
+                              frame.height)
+            self._segment(frame, [whole], backend, what)
         else:
             self._caption(frame, None, backend, what)
 
@@ -388,6 +400,36 @@ class PerceptionEngine:
         found = self._run('detect', frame, work, backend, what)
         return [dataclasses.replace(detection, score=_finite_score(detection.score))
                 for detection in found]
+
+    def segment(self, frame: np.ndarray | Frame,
+                detections: Sequence[Detection]) -> list[Detection]:
+        """
+        Return the detections, in order, each with its mask (Detection.mask) by the segmenter.
+
+        The boxes prompt the model (SAM, SAM2), all at once; the frame's image embedding is
+        computed once and kept, whatever the calls on the frame. A box with no pixel in the
+        frame gets no mask (None). InputError for anything but detections with finite boxes.
+        """
+        frame = self.frame(frame)
+        detections = list(detections)
+        for detection in detections:
+            if not isinstance(detection, Detection):
+                raise InputError(f'segment takes detections, got {type(detection).__name__}')
+            if not all(math.isfinite(value) for value in detection.box):
+                raise InputError(f"detection '{detection.label}' has a non-finite box")
+        if not detections:
+            return []
+        return self._segment(frame, detections)
+
+    def _segment(self, frame: Frame, detections: list[Detection], backend: Any = None,
+                 what: str | None = None) -> list[Detection]:
+        def work(backend: Segmenter) -> list[np.ndarray]:
+            return backend.segment(frame, detections)
+
+        masks = self._run('segment', frame, work, backend, what)
+        return [dataclasses.replace(detection, mask=np.ascontiguousarray(mask, dtype=np.uint8)
+                                    if mask.size else None)
+                for detection, mask in zip(detections, masks, strict=True)]
 
     def tags(self, frame: np.ndarray | Frame, labels: Iterable[str] | str | None = None,
              top_k: int | None = 5) -> list[LabelScore]:
@@ -461,12 +503,12 @@ class PerceptionEngine:
 
     def describe(self, frame: np.ndarray | Frame, labels: Iterable[str] | str | None = None,
                  question: str | None = None, caption: bool = True, tags: bool = True,
-                 detect: bool = True) -> SceneDescription:
+                 detect: bool = True, segment: bool = False) -> SceneDescription:
         """
         Caption, tags, detections and (with a question) an answer, plus a summary paragraph.
 
         ``labels`` replace the detection vocabulary for this call (and the tag vocabulary when
-        that follows the labels).
+        that follows the labels). With ``segment`` the detections get their masks.
         """
         frame = self.frame(frame)
         labels = None if labels is None else clean_labels(labels)
@@ -482,6 +524,8 @@ class PerceptionEngine:
             scene.tags = self.tags(frame, tag_labels)
         if detect:
             scene.detections = self.detect(frame, labels)
+            if segment:
+                scene.detections = self.segment(frame, scene.detections)
         if question is not None:
             scene.answer = self.answer(frame, question)
         scene.summary = summarize(scene.caption, scene.tags, scene.detections if detect else None,

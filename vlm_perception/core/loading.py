@@ -205,8 +205,14 @@ def open_clip_source(model_id: str) -> tuple[str, str | None]:
     return name, pretrained
 
 
-def load_open_clip(model_id: str, device: str, dtype: Any) -> tuple[Any, Any, Any]:
-    """Load an open_clip model: returns (model in eval mode, image preprocess, tokenizer)."""
+def load_open_clip(model_id: str, device: str, dtype: Any,
+                   resize_mode: str | None = None) -> tuple[Any, Any, Any]:
+    """
+    Load an open_clip model: returns (model in eval mode, image preprocess, tokenizer).
+
+    ``resize_mode`` (shortest, longest, squash) overrides how the preprocessing fits an image to
+    the model's input (open_clip's ``image_resize_mode``); None keeps the model's own.
+    """
     import open_clip
 
     name, pretrained = open_clip_source(model_id)
@@ -216,7 +222,7 @@ def load_open_clip(model_id: str, device: str, dtype: Any) -> tuple[Any, Any, An
     try:
         with progress_bars():
             model, preprocess = open_clip.create_model_from_pretrained(
-                name, pretrained=pretrained)
+                name, pretrained=pretrained, image_resize_mode=resize_mode)
             tokenizer = open_clip.get_tokenizer(name)
     except ModelLoadError:
         raise

@@ -9,7 +9,7 @@ image preprocessing) and hold from the next load on; on the node they are read-o
 """
 
 from dataclasses import dataclass, fields, make_dataclass, replace
-from typing import Any, Union
+from typing import Any, Iterable, Union
 
 from vlm_perception.core.errors import InputError
 
@@ -44,7 +44,8 @@ OPTIONS: tuple[Option, ...] = (
     Option('detection_templates', 'string_array', ('{}',),
            "Prompt templates of detection labels, each with one {} for the label, or ['openai'] "
            "(open_clip's OpenAI ImageNet set); a label's query is the mean of its prompts' "
-           'embeddings, computed once per vocabulary. Detection.label stays the label.'),
+           'embeddings, computed once per vocabulary. Detection.label stays the label. OWL-ViT '
+           'and OWLv2 only: Grounding DINO reads the labels as one phrase prompt.'),
     Option('tag_templates', 'string_array', ('{}',),
            'Prompt templates of tag labels, as detection_templates (the zero-shot classifier '
            'of open_clip.build_zero_shot_classifier).'),
@@ -131,6 +132,14 @@ ModelOptions = make_dataclass(
     'ModelOptions', [(option.name, Any, option.default) for option in OPTIONS], frozen=True,
     namespace={'__doc__': 'The model options in force (one field per entry of OPTIONS).',
                '__module__': __name__, 'checked': _checked, 'changed': _changed})
+
+
+def with_preset_options(options: 'ModelOptions',
+                        preset_options: Iterable[tuple[str, Value]]) -> 'ModelOptions':
+    """Return options where those left at their defaults take the preset's values instead."""
+    defaults = ModelOptions()
+    return options.changed(**{name: value for name, value in preset_options
+                              if getattr(options, name) == getattr(defaults, name)})
 
 
 def option_values(options: 'ModelOptions') -> dict[str, Value]:

@@ -33,6 +33,8 @@ class Slot:
     description: str  # what the slot holds and which model ids it takes, no final stop
     old_words: tuple[str, ...] = ()
     old_parameters: tuple[str, ...] = ()
+    # False: an optional capability, run only where the node's capabilities (or a load) list it.
+    on_by_default: bool = True
 
     @property
     def key(self) -> str:
@@ -74,6 +76,8 @@ SLOTS: tuple[Slot, ...] = (
     Slot('vqa', 'vqa', 'visual question answering model: ViLT or BLIP VQA hub id or folder'),
     Slot('captioner', 'caption', 'captioning model: BLIP hub id or folder',
          old_parameters=('caption_model',)),
+    Slot('segmenter', 'segment', 'box-prompted segmenter: SAM or SAM2 hub id or folder',
+         on_by_default=False),
 )
 SLOT_NAMES = tuple(slot.name for slot in SLOTS)
 SLOT_OF = {slot.capability: slot for slot in SLOTS}  # capability -> slot

@@ -36,6 +36,7 @@ except ImportError:
 
 _LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR}
 SUMMARY_TEXT_HEIGHT = 0.08  # metres, in the camera frame
+MASK_ENCODINGS = ('mono8', '8UC1')  # read back; masks are written as mono8
 MIN_MARKER_SIZE = 0.01  # metres: a flat object's box stays visible in rviz
 IDENTITY = RigidTransform((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0))
 
@@ -105,12 +106,38 @@ def rgb_to_image(rgb: np.ndarray, header: Header) -> Image:
                  step=width * 3, data=np.ascontiguousarray(rgb).tobytes())
 
 
-def detection_to_msg(detection: types.Detection) -> msg.Detection:
-    """Convert a core Detection; position, size and has_position where depth placed it."""
+def mask_to_image(mask: Optional[np.ndarray], header: Optional[Header] = None) -> Image:
+    """Return a mono8 Image of a (H, W) uint8 mask with the header; width 0 for none."""
+    if mask is None or mask.size == 0:
+        return Image(header=header or Header(), encoding='mono8')
+    height, width = mask.shape[:2]
+    return Image(header=header or Header(), height=height, width=width, encoding='mono8',
+                 is_bigendian=0, step=width,
+                 data=np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+
+
+def mask_from_image(image: Image) -> Optional[np.ndarray]:
+    """Return the (H, W) uint8 pixels of a mono8 mask Image (a copy); None when empty."""
+    if image.width == 0 or image.height == 0:
+        return None
+    if image.encoding not in MASK_ENCODINGS:
+        raise InputError(f"mask encoding '{image.encoding}' is not mono8")
+    return core_image.raw_pixels(image.data, image.height, image.width, 1, np.dtype('u1'),
+                                 image.step, False, image.encoding)[:, :, 0].copy()
+
+
+def detection_to_msg(detection: types.Detection,
+                     header: Optional[Header] = None) -> msg.Detection:
+    """
+    Convert a core Detection; position, size and has_position where depth placed it.
+
+    Its mask (mono8, width 0 for none) gets the header, the source image's.
+    """
     result = msg.Detection(label=detection.label, score=float(detection.score),
                            center_x=float(detection.center_x),
                            center_y=float(detection.center_y),
-                           size_x=float(detection.size_x), size_y=float(detection.size_y))
+                           size_x=float(detection.size_x), size_y=float(detection.size_y),
+                           mask=mask_to_image(detection.mask, header))
     if detection.position is not None and detection.size is not None:
         result.position = Point(x=detection.position[0], y=detection.position[1],
                                 z=detection.position[2])
@@ -120,18 +147,20 @@ def detection_to_msg(detection: types.Detection) -> msg.Detection:
 
 
 def detection_from_msg(detection: msg.Detection) -> types.Detection:
-    """Convert a Detection message to the core dataclass (position and size if it has one)."""
+    """Convert a Detection message to the core dataclass (position, size and mask if any)."""
     position = size = None
     if detection.has_position:
         position = (detection.position.x, detection.position.y, detection.position.z)
         size = (detection.size.x, detection.size.y, detection.size.z)
     return types.Detection(detection.label, detection.score, detection.center_x,
-                           detection.center_y, detection.size_x, detection.size_y, position, size)
+                           detection.center_y, detection.size_x, detection.size_y, position, size,
+                           mask_from_image(detection.mask))
 
 
 def detections_to_msg(detections: Sequence[types.Detection], header: Header) -> msg.DetectionArray:
     """Return a DetectionArray stamped with the source image's header."""
-    return msg.DetectionArray(header=header, detections=[detection_to_msg(d) for d in detections])
+    return msg.DetectionArray(header=header,
+                              detections=[detection_to_msg(d, header) for d in detections])
 
 
 def scene_to_msg(scene: types.SceneDescription, header: Header) -> msg.SceneDescription:
@@ -139,7 +168,7 @@ def scene_to_msg(scene: types.SceneDescription, header: Header) -> msg.SceneDesc
     return msg.SceneDescription(
         header=header, caption=scene.caption, summary=scene.summary,
         tags=[msg.LabelScore(label=tag.label, score=float(tag.score)) for tag in scene.tags],
-        detections=[detection_to_msg(d) for d in scene.detections])
+        detections=[detection_to_msg(d, header) for d in scene.detections])
 
 
 def scene_from_msg(scene: msg.SceneDescription) -> types.SceneDescription:
@@ -197,7 +226,8 @@ def in_frame(detections: msg.DetectionArray, frame_id: str,
         copy = msg.Detection(label=detection.label, score=detection.score,
                              center_x=detection.center_x, center_y=detection.center_y,
                              size_x=detection.size_x, size_y=detection.size_y,
-                             size=detection.size, has_position=detection.has_position)
+                             size=detection.size, has_position=detection.has_position,
+                             mask=detection.mask)
         if detection.has_position:
             x, y, z = transform.apply((detection.position.x, detection.position.y,
                                        detection.position.z))

@@ -17,7 +17,8 @@ Subscriptions:
     camera_info (sensor_msgs/CameraInfo), with use_depth: intrinsics of the colour image.
 
 Published Topics:
-    detections (vlm_perception/DetectionArray): every processed frame.
+    detections (vlm_perception/DetectionArray): every processed frame; with segment in
+        capabilities each detection carries its mask (mono8, over its box).
     detections_2d (vision_msgs/Detection2DArray): the same, class_id = label text; only where
         vision_msgs is installed.
     scene (vlm_perception/SceneDescription): every scene_period, caption + tags + detections.
@@ -46,7 +47,7 @@ Services:
 Parameters (declared in vlm_perception.ros.parameters, defaults in config/params.yaml):
     device, dtype, compressed, image_reliability, warmup, autostart, use_depth,
     max_pending_queries, max_pending_questions, tag_resize_mode (read-only); preset,
-    detector_model, tagger_model, vqa_model, captioner_model (one per model slot of
+    detector_model, tagger_model, vqa_model, captioner_model, segmenter_model (one per slot of
     vlm_perception.core.slots; settable at run time: the new model loads beside the one
     serving and is swapped in when ready; if it fails the old one stays and the parameter is
     set back; the former names classifier_model and caption_model set the new ones, with a
@@ -747,6 +748,8 @@ class PerceptionNode(LifecycleNode):
         detections = (self._timed('detect', engine.detect, engine_frame,
                                   threshold=self._threshold or None)
                       if 'detect' in capabilities else [])
+        if 'segment' in capabilities and detections:  # masks first: depth uses them
+            detections = self._timed('segment', engine.segment, engine_frame, detections)
         if self._use_depth:
             detections, unplaced = self._placed(frame, detections)
             if unplaced:
@@ -885,7 +888,8 @@ class PerceptionNode(LifecycleNode):
         frame, age = self._frame_for(request.max_age)
         scene = self._timed('query', engine.describe, frame.engine_frame(engine.frame),
                             labels=labels, question=question, caption=request.caption,
-                            tags='tags' in self._capabilities, detect=True)
+                            tags='tags' in self._capabilities, detect=True,
+                            segment='segment' in self._capabilities)
         if self._use_depth:
             scene.detections, _ = self._placed(frame, scene.detections)
             scene.summary = summarize(scene.caption, scene.tags, scene.detections,
@@ -910,8 +914,12 @@ class PerceptionNode(LifecycleNode):
         if not matches:
             raise LocateFailure(f'no match: nothing in the image scores {threshold:g} or more '
                                 f'for {query!r}')
+        if 'segment' in self._capabilities:
+            matches = self._timed('segment', engine.segment, frame.engine_frame(engine.frame),
+                                  matches)
         matches, unplaced = self._placed(frame, matches)
-        response.matches = [conversions.detection_to_msg(match) for match in matches]
+        response.matches = [conversions.detection_to_msg(match, frame.header)
+                            for match in matches]
         response.detection = response.matches[0]
         if unplaced:
             raise LocateFailure(unplaced)

@@ -10,9 +10,10 @@ names are declared too, from OLD_SPECS.
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
-from vlm_perception.core.engine import CAPABILITIES, clean_labels
+from vlm_perception.core.engine import CAPABILITIES, clean_labels, DEFAULT_CAPABILITIES
 from vlm_perception.core.errors import InputError
 from vlm_perception.core.options import OPTION_OF, OPTIONS, problem
+from vlm_perception.core.presets import PRESET_NAMES
 from vlm_perception.core.slots import OLD_PARAMETERS, SLOTS
 
 RELIABILITIES = ('best_effort', 'reliable')
@@ -36,15 +37,18 @@ class ParameterSpec:
 
 SPECS: tuple[ParameterSpec, ...] = (
     ParameterSpec('preset', 'string', 'default',
-                  'Model preset: a built-in name (default, shapes) or a preset folder.'),
-    # one <slot>_model per model slot (core/slots.py): detector, tagger, vqa, captioner
+                  f"Model preset: a built-in name ({', '.join(PRESET_NAMES)}) or a preset "
+                  'folder.'),
+    # one <slot>_model per model slot (core/slots.py): detector, tagger, vqa, captioner, segmenter
     *(ParameterSpec(slot.parameter, 'string', '',
                     slot.description[0].upper() + slot.description[1:]
                     + "; empty = the preset's.") for slot in SLOTS),
-    ParameterSpec('capabilities', 'string_array', list(CAPABILITIES),
+    ParameterSpec('capabilities', 'string_array', list(DEFAULT_CAPABILITIES),
                   'Models loaded at start and run on the stream: detect (every processed frame), '
-                  'tags and caption (every scene_period), vqa (questions topic). Queries (which '
-                  'always detect) and questions load their models on first use when not listed.',
+                  'tags and caption (every scene_period), vqa (questions topic); segment (off '
+                  'unless listed) masks the detections of every processed frame, and of queries '
+                  'and locate. Queries (which always detect) and questions load their models on '
+                  'first use when not listed.',
                   choices=CAPABILITIES),
     ParameterSpec('device', 'string', 'auto',
                   'Torch device: auto (CUDA when present, else CPU with a warning), cpu, cuda, '

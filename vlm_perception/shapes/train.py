@@ -1022,10 +1022,14 @@ def _record(out: Path, ctx: RunContext, argv: list[str]) -> None:
 
 
 def write_preset(out: Path, threshold: float) -> None:
-    """Write ``preset.json``: the four slots' folders, the 12 names, the detection threshold."""
+    """
+    Write ``preset.json``: the four slots' folders, the 12 names, the detection threshold.
+
+    The tagger trained on squashed frames (its open_clip resize_mode), so it tags them so too.
+    """
     preset = {'detector': 'detector', 'tagger': 'classifier', 'vqa': 'vqa',
               'captioner': 'captioner', 'labels': list(world.NAMES),
-              'detection_threshold': threshold}
+              'detection_threshold': threshold, 'options': {'tag_resize_mode': 'squash'}}
     (out / 'preset.json').write_text(json.dumps(preset, indent=2) + '\n')
 
 

@@ -5,22 +5,27 @@ The registry maps (capability, architecture key) to a backend class, where the a
 is the transformers ``model_type`` of the model's config, or ``open_clip``; each class keeps the
 capability's contract (contracts.py). Backend modules are imported only when a model of theirs
 is loaded, so an unused capability costs nothing.
+
+Adding a model family is one module (a class keeping the contract) plus one REGISTRY line, or,
+outside this package, one ``register`` call; the CLI flags and node parameters of the slots
+then take its model ids (README, "Adding a model").
 """
 
 from importlib import import_module
-from typing import Any
+from typing import Any, Union
 
 from vlm_perception.core.backends.contracts import CONTRACTS
 from vlm_perception.core.errors import ModelLoadError
 from vlm_perception.core.loading import model_type
 from vlm_perception.core.options import ModelOptions
 
-# (capability, architecture key) -> 'module:Class' inside this package
-REGISTRY = {
+# (capability, architecture key) -> 'module:Class' inside this package, or a class (register)
+REGISTRY: dict[tuple[str, str], Union[str, type]] = {
     ('detect', 'owlvit'): 'detection:OwlViTDetector',
     ('detect', 'owlv2'): 'detection:Owlv2Detector',
     ('detect', 'grounding-dino'): 'grounding:GroundingDinoDetector',
     ('detect', 'mm-grounding-dino'): 'grounding:MMGroundingDinoDetector',
+    ('detect', 'omdet-turbo'): 'omdet_turbo:OmDetTurboDetector',
     ('tags', 'open_clip'): 'classification:OpenClipClassifier',
     ('tags', 'siglip'): 'classification:SiglipTagger',
     ('tags', 'siglip2'): 'classification:Siglip2Tagger',
@@ -34,7 +39,28 @@ REGISTRY = {
     ('caption', 'idefics3'): 'generative:Idefics3',
     ('vqa', 'qwen2_5_vl'): 'generative:Qwen25VL',
     ('caption', 'qwen2_5_vl'): 'generative:Qwen25VL',
+    ('segment', 'sam'): 'segmentation:SamSegmenter',
+    ('segment', 'sam2'): 'segmentation:Sam2Segmenter',
 }
+
+
+def register(capability: str, architecture: str, backend_class: type) -> None:
+    """
+    Serve a capability for models of an architecture (their ``model_type``) with a class.
+
+    The class is built as ``backend_class(model_id, device, dtype, options)`` and must keep the
+    capability's contract (contracts.py); a registered pair is replaced.
+    """
+    if capability not in CONTRACTS:
+        raise ValueError(f"unknown capability {capability!r} (one of {', '.join(CONTRACTS)})")
+    REGISTRY[(capability, architecture)] = backend_class
+
+
+def _backend_class(entry: Union[str, type]) -> type:
+    if not isinstance(entry, str):
+        return entry
+    module_name, class_name = entry.split(':')
+    return getattr(import_module(f'{__name__}.{module_name}'), class_name)
 
 
 def create_backend(capability: str, model_id: str, device: str, dtype: str,
@@ -46,13 +72,12 @@ def create_backend(capability: str, model_id: str, device: str, dtype: str,
         supported = ', '.join(sorted(kind for cap, kind in REGISTRY if cap == capability))
         raise ModelLoadError(f"model '{model_id}' is a {architecture} model, which cannot do "
                              f'{capability} (supported: {supported})')
-    module_name, class_name = entry.split(':')
-    backend_class = getattr(import_module(f'{__name__}.{module_name}'), class_name)
+    backend_class = _backend_class(entry)
     backend = backend_class(model_id, device, dtype, options)
     contract = CONTRACTS[capability]
     if not isinstance(backend, contract):  # a registered class that does not keep its contract
-        raise ModelLoadError(f'{class_name} does not implement {contract.__name__}, which '
-                             f'{capability} needs')
+        raise ModelLoadError(f'{backend_class.__name__} does not implement '
+                             f'{contract.__name__}, which {capability} needs')
     return backend
 
 
@@ -67,11 +92,10 @@ def serves(backend: Any, capability: str, model_id: str) -> bool:
     """
     if getattr(backend, 'model_id', None) != model_id:
         return False
-    cls = type(backend)
-    entry = f"{cls.__module__.rpartition('.')[2]}:{cls.__name__}"
     try:
         architecture = model_type(model_id)
     except ModelLoadError:
         return False
-    return REGISTRY.get((capability, architecture)) == entry and \
+    entry = REGISTRY.get((capability, architecture))
+    return entry is not None and _backend_class(entry) is type(backend) and \
         isinstance(backend, CONTRACTS[capability])

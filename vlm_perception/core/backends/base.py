@@ -63,7 +63,7 @@ class HFBackend(Backend):
         self.model = load_hf_model(getattr(transformers, self.model_class_name), model_id,
                                    device, self.torch_dtype, what)
         self.processor = load_hf_processor(model_id, what)
-        self.tokenizer = self.processor.tokenizer
+        self.tokenizer = getattr(self.processor, 'tokenizer', None)  # none for SAM's
 
     def pixels(self, image: np.ndarray) -> dict:
         """Run the image processor; returns its tensors on the model's device and dtype."""

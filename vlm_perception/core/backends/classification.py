@@ -10,6 +10,8 @@ can score high). open_clip holds both kinds; its SigLIP checkpoints are the ones
 ``logit_bias``.
 """
 
+import math
+
 import numpy as np
 from PIL import Image
 import torch
@@ -19,6 +21,7 @@ from vlm_perception.core.cache import TextEmbeddingCache
 from vlm_perception.core.frame import Frame
 from vlm_perception.core.loading import load_open_clip
 from vlm_perception.core.options import ModelOptions
+from vlm_perception.core.prompts import cached_label_embeddings
 
 
 def softmax_scores(cosine: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -37,12 +40,14 @@ class EmbeddingTagger:
     A tagger that compares an image embedding with one embedding per label (CLIP, SigLIP).
 
     What every such model shares lives here: the frame's embedding is computed once and kept on
-    the Frame (``Frame.encoding`` under the model's ``key``), label embeddings are kept in the
-    text cache, and crops are embedded as one batch. A model supplies ``encode_images``,
-    ``encode_text`` (both normalised) and ``probabilities`` (cosine -> score).
+    the Frame (``Frame.encoding`` under the model's ``key``), label embeddings (the mean over the
+    ``tag_templates`` option's prompts, prompts.py) are kept in the text cache, and crops are
+    embedded as one batch. A model supplies ``encode_images``, ``encode_text`` (both
+    normalised) and ``probabilities`` (cosine -> score).
     """
 
     key: str
+    options: ModelOptions  # tag_templates: labels are embedded through them (prompts.py)
 
     def encode_image(self, image: np.ndarray) -> torch.Tensor:
         """Return the normalised (D,) embedding of the whole image."""
@@ -72,13 +77,28 @@ class EmbeddingTagger:
 
     def _scores(self, image_embeddings: torch.Tensor, labels: list[str],
                 text_cache: TextEmbeddingCache) -> np.ndarray:
-        label_embeddings = torch.stack(text_cache.get(self.key, labels, self.encode_text))
+        label_embeddings = torch.stack(cached_label_embeddings(
+            text_cache, self.key, labels, self.options.tag_templates, self.encode_text))
         cosine = image_embeddings.reshape(-1, label_embeddings.shape[-1]) @ label_embeddings.T
         return self.probabilities(cosine).cpu().numpy()
 
 
 def _normalised(features: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
+def _with_a_short_side(image: np.ndarray, size: int) -> np.ndarray:
+    """
+    Pad a sliver (black, centred) so that fitting its long side to size leaves a short side.
+
+    open_clip's longest-side resize floors a 1000x2 frame's short side to 0 pixels and fails;
+    the padding is the black its letterbox adds anyway.
+    """
+    least = math.ceil(max(image.shape[:2]) / size) + 1
+    pads = [max(least - side, 0) for side in image.shape[:2]]
+    if not any(pads):
+        return image
+    return np.pad(image, [(pad // 2, pad - pad // 2) for pad in pads] + [(0, 0)])
 
 
 class OpenClipClassifier(EmbeddingTagger, Backend):
@@ -93,16 +113,28 @@ class OpenClipClassifier(EmbeddingTagger, Backend):
 
     def __init__(self, model_id: str, device: str, dtype: str,
                  options: ModelOptions | None = None) -> None:
-        """Load the model, its image preprocessing and tokenizer (see loading.load_open_clip)."""
+        """
+        Load the model, its image preprocessing and tokenizer (see loading.load_open_clip).
+
+        The preprocessing fits frames to the square input as the ``tag_resize_mode`` option says
+        (open_clip's ``image_resize_mode``), read here: a change holds from the next load.
+        """
         super().__init__(model_id, device, dtype, options)
         self.model, self.preprocess, self.tokenizer = load_open_clip(
-            model_id, device, self.torch_dtype)
+            model_id, device, self.torch_dtype, resize_mode=self.options.tag_resize_mode)
         self.sigmoid = getattr(self.model, 'logit_bias', None) is not None
 
     def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
         """Return normalised (N, D) embeddings of several images (e.g. detection crops)."""
+        if self.options.tag_resize_mode == 'longest':
+            images = [_with_a_short_side(image, self._input_size) for image in images]
         batch = torch.stack([self.preprocess(Image.fromarray(image)) for image in images])
         return _normalised(self.model.encode_image(batch.to(self.device, self.torch_dtype)))
+
+    @property
+    def _input_size(self) -> int:
+        size = self.model.visual.image_size
+        return max(size) if isinstance(size, (tuple, list)) else int(size)
 
     def encode_text(self, labels: list[str]) -> list[torch.Tensor]:
         """Return one normalised embedding per label."""

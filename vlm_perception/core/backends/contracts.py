@@ -8,7 +8,7 @@ the Frame. A model that serves several capabilities (a generative VLM answering 
 is one backend object implementing several contracts.
 """
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable, Sequence
 
 import numpy as np
 
@@ -63,4 +63,18 @@ class Captioner(Model, Protocol):
         """Return a caption of the frame, continuing the prompt when one is given."""
 
 
-CONTRACTS = {'detect': Detector, 'tags': Tagger, 'vqa': Answerer, 'caption': Captioner}
+@runtime_checkable
+class Segmenter(Model, Protocol):
+    """Box-prompted segmentation: the object's pixels inside each detection's box."""
+
+    def segment(self, frame: Frame, detections: Sequence[Detection]) -> list[np.ndarray]:
+        """
+        Return one mono8 mask (255 = object, 0 = not) per detection, in order.
+
+        Each covers its box's pixels as ``Detection.pixel_window`` gives them (the shape of
+        ``Detection.mask``).
+        """
+
+
+CONTRACTS = {'detect': Detector, 'tags': Tagger, 'vqa': Answerer, 'caption': Captioner,
+             'segment': Segmenter}

@@ -10,6 +10,7 @@ from vlm_perception.core.backends.base import HFBackend
 from vlm_perception.core.cache import TextEmbeddingCache
 from vlm_perception.core.frame import Frame
 from vlm_perception.core.geometry import boxes_to_pixels, PAD, STRETCH
+from vlm_perception.core.prompts import cached_label_embeddings
 from vlm_perception.core.types import Detection
 
 # OWL predicts a box per patch, so one object is often found by neighbouring patches too: a box
@@ -59,10 +60,13 @@ class OwlViTDetector(HFBackend):
         Score every patch against one query embedding per label; keep each patch's best label.
 
         Returns detections at or above the threshold, best first, without duplicates. The image
-        encoding is the frame's; label embeddings come from the text cache.
+        encoding is the frame's; label embeddings come from the text cache, each the mean over
+        the ``detection_templates`` option's prompts (prompts.py; the class head normalises
+        queries itself). Detections carry the labels as given, not their prompts.
         """
         encoding = frame.encoding(self.key, self.encode_image)
-        queries = torch.stack(text_cache.get(self.key, labels, self.encode_text))
+        queries = torch.stack(cached_label_embeddings(
+            text_cache, self.key, labels, self.options.detection_templates, self.encode_text))
         logits, _ = self.model.class_predictor(encoding.image_features, queries[None])
         probabilities = torch.sigmoid(logits[0].float())  # (patches, Q)
         scores, query_index = probabilities.max(dim=-1)
