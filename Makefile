@@ -21,8 +21,8 @@ help:
 	@echo "make demo    simulated camera + node with the shapes models; prints what it sees"
 	@echo "make test    the whole test suite (sets up first if needed)"
 	@echo "make lint    flake8 (ament settings) and pep257 only"
-	@echo "make bench   node FPS vs bare-engine FPS on the shapes cases, log/bench/bench.json (~8 min"
-	@echo "             on 2 cores; BENCH_ARGS=--owlvit-b32 adds a random OWL-ViT B/32, ~9 min more)"
+	@echo "make bench   engine time per capability and stage (real-size random models), then node"
+	@echo "             FPS vs bare-engine FPS; log/bench/bench.json and stages.png (~20 min on 2 cores)"
 	@echo "make soak    node RSS and rates over 10 min of stream and requests, log/soak/soak.json"
 	@echo "             (SOAK_ARGS=\"--minutes 3\" for a shorter one; --help for the options)"
 	@echo "make models  retrain the shapes-world models from fixed seeds"
@@ -46,10 +46,11 @@ lint: build
 demo: build
 	@$(ENV) && python -m vlm_perception.ros.demo
 
-# Not part of test: it takes minutes. Options: python -m vlm_perception.ros.bench --help
+# Not part of test: it takes minutes. Options: vlm-perception bench --help (node part:
+# python -m vlm_perception.ros.bench --help)
 BENCH_ARGS ?=
 bench: build
-	@$(ENV) && python -m vlm_perception.ros.bench $(BENCH_ARGS)
+	@$(ENV) && python -m vlm_perception.cli bench $(BENCH_ARGS)
 
 # Not part of test either. Options: python -m vlm_perception.ros.soak --help
 SOAK_ARGS ?=

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the engine (numpy, model code) is imported only when a comm
 PROG = 'vlm-perception'
 # Modules that add subcommands; ROS_EXTENSION is skipped silently when ROS 2 is not importable.
 ROS_EXTENSION = 'vlm_perception.ros.client'
-EXTENSIONS = ('vlm_perception.shapes.evaluate', ROS_EXTENSION)
+EXTENSIONS = ('vlm_perception.shapes.evaluate', 'vlm_perception.bench.command', ROS_EXTENSION)
 
 
 class _DeprecatedFlag(argparse.Action):

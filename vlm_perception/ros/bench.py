@@ -61,6 +61,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from vlm_perception.bench.models import build_owlvit_b32
+
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = '/vlm_bench'
 CAMERA_FRAME = 'bench_camera'   # frame_id prefix; the frame's sequence number follows it
@@ -75,9 +77,6 @@ INPUTS = ('raw', 'compressed')
 RELIABILITIES = ('best_effort', 'reliable')
 DEFAULT_CASES = ('raw-best_effort', 'raw-reliable', 'compressed-best_effort')
 TARGET_RATIO = {'shapes': 0.8, 'owlvit-b32': 0.9}
-B32_FOLDER = 'owlvit-b32-random-768'
-B32_DONE = 'bench_model_complete'
-CACHE = Path('~/.cache/vlm_perception/bench').expanduser()
 _SEQ = re.compile(rf'^{CAMERA_FRAME}_(\d+)$')
 
 
@@ -213,85 +212,6 @@ def run_camera(argv: Sequence[str]) -> int:
 
 
 # --- a random real-size OWL-ViT B/32 -------------------------------------------------------------
-
-def _bytes_to_unicode() -> list[str]:
-    """Return the byte alphabet of CLIP, in its order (the first 256 ids of its vocabulary)."""
-    printable = (list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1))
-                 + list(range(ord('®'), ord('ÿ') + 1)))
-    codes, extra = printable[:], 0
-    for byte in range(256):
-        if byte not in printable:
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(code) for code in codes]
-
-
-def clip_tokenizer(words: Sequence[str], vocab_size: int = 49408, max_length: int = 16) -> Any:
-    """
-    Return a CLIPTokenizer made here: CLIP's byte alphabet, merges that make each word one token.
-
-    Its ids fill vocab_size with <|startoftext|> and <|endoftext|> last (OWL-ViT pools the text
-    at the highest id), padding is '!' (id 0), as in OWL-ViT's own tokenizer.
-    """
-    from transformers import CLIPTokenizer
-
-    alphabet = _bytes_to_unicode()
-    tokens = alphabet + [char + '</w>' for char in alphabet]
-    known = set(tokens)
-    merges: list[tuple[str, str]] = []
-    for word in dict.fromkeys(part for text in words for part in text.lower().split()):
-        parts = list(word[:-1]) + [word[-1] + '</w>']
-        while len(parts) > 1:
-            pair = (parts[0], parts[1])
-            if pair not in merges:
-                merges.append(pair)
-            if ''.join(pair) not in known:
-                tokens.append(''.join(pair))
-                known.add(''.join(pair))
-            parts = [''.join(pair)] + parts[2:]
-    tokens += [f'<|unused{i}|>' for i in range(vocab_size - 2 - len(tokens))]
-    tokens += ['<|startoftext|>', '<|endoftext|>']
-    return CLIPTokenizer(vocab={token: i for i, token in enumerate(tokens)}, merges=merges,
-                         pad_token='!', model_max_length=max_length)
-
-
-def build_owlvit_b32(cache: Path = CACHE, labels: Sequence[str] = ()) -> Path:
-    """
-    Return a folder with a real-size OWL-ViT B/32 (768 px input), random weights; built once.
-
-    OwlViTConfig() defaults are the B/32 architecture; the processor is OwlViTProcessor with the
-    default 768 px OwlViTImageProcessor and a CLIP tokenizer made here (clip_tokenizer).
-    """
-    folder = cache / B32_FOLDER
-    if (folder / B32_DONE).is_file():
-        return folder
-    import shutil
-
-    import torch
-    from transformers import (OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor,
-                              OwlViTProcessor)
-
-    print(f'building a random OWL-ViT B/32 into {folder} (once)', flush=True)
-    start = time.monotonic()
-    torch.manual_seed(0)
-    config = OwlViTConfig()
-    model = OwlViTForObjectDetection(config).eval()
-    words = list(labels) + ['a', 'photo', 'of', 'red', 'green', 'blue', 'yellow', 'circle',
-                            'square', 'triangle']
-    processor = OwlViTProcessor(
-        image_processor=OwlViTImageProcessor(),
-        tokenizer=clip_tokenizer(words, config.text_config.vocab_size,
-                                 config.text_config.max_position_embeddings))
-    partial = folder.with_name(folder.name + '.partial')
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(str(partial))
-    processor.save_pretrained(str(partial))
-    (partial / B32_DONE).write_text('random weights, torch seed 0\n')
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
-    print(f'built in {time.monotonic() - start:.0f} s', flush=True)
-    return folder
-
 
 # --- cases ---------------------------------------------------------------------------------------
 
