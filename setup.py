@@ -26,5 +26,7 @@ setup(
         'torchvision',
         'transformers',
     ],
+    # `pip install .[onnx]`: vlm-perception export --onnx and the onnxruntime runtimes
+    extras_require={'onnx': ['onnx', 'onnxscript', 'onnxruntime']},
     entry_points={'console_scripts': ['vlm-perception = vlm_perception.cli:main']},
 )

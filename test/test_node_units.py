@@ -195,6 +195,10 @@ def test_parameter_checks() -> None:
     assert 'empty' in parameters.check('labels', [])
     assert parameters.check('labels', ['x' * 1000]) is not None
     assert parameters.check('use_sim_time', True) is None  # not ours
+    assert parameters.check('cameras', ['left', 'front/left', 'rear_2']) is None
+    for bad in (['1st'], [''], ['left/'], ['a b'], ['/left']):
+        assert 'not a camera name' in parameters.check('cameras', bad), bad
+    assert 'repeated' in parameters.check('cameras', ['left', 'left'])
 
 
 def test_params_yaml_lists_every_parameter_with_its_default() -> None:

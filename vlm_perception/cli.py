@@ -8,19 +8,22 @@ Examples::
     vlm-perception ask kitchen.jpg "How many cups are there?"
     vlm-perception caption kitchen.jpg
     vlm-perception describe kitchen.jpg --preset shapes --json
+    vlm-perception export --onnx exported/          # then --detector-runtime onnxruntime ...
 
 Subcommands come from modules exposing ``register(subparsers)``: this one (detect, tags, ask,
-caption, describe), ``vlm_perception.shapes.evaluate`` and, when ROS 2 is importable,
+caption, describe, export), ``vlm_perception.shapes.evaluate`` and, when ROS 2 is importable,
 ``vlm_perception.ros.client``.
 """
 
 import argparse
 import importlib
 import json
+from pathlib import Path
 import sys
 from typing import Callable, Sequence, TYPE_CHECKING
 
 from vlm_perception.core.errors import InputError, ModelLoadError
+from vlm_perception.core.onnx_export import EXPORT_SLOTS
 from vlm_perception.core.options import OPTIONS
 from vlm_perception.core.presets import PRESET_NAMES
 from vlm_perception.core.slots import deprecation, OLD_FLAGS, SLOTS
@@ -61,6 +64,9 @@ def engine_options() -> argparse.ArgumentParser:
     models.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     models.add_argument('--dtype', default='auto', choices=('auto', 'fp32', 'fp16', 'bf16'),
                         help='auto = fp16 on CUDA, fp32 on CPU')
+    models.add_argument('--compile', action='store_true',
+                        help='torch.compile the models as they load (the first run compiles; '
+                             'eager, with a warning, where that fails)')
     tuning = parent.add_argument_group('model options')
     for option in OPTIONS:  # --detection-templates, --vqa-max-new-tokens, ...
         tuning.add_argument(option.flag, dest=option.name, default=option.default,
@@ -84,7 +90,7 @@ def make_engine(args: argparse.Namespace) -> 'PerceptionEngine':
     from vlm_perception.core.options import ModelOptions
 
     return PerceptionEngine(EngineConfig(
-        preset=args.preset, device=args.device, dtype=args.dtype,
+        preset=args.preset, device=args.device, dtype=args.dtype, compile=args.compile,
         options=ModelOptions(**{option.name: getattr(args, option.name) for option in OPTIONS}),
         labels=None if args.labels is None else args.labels.split(','),
         detection_threshold=args.threshold,
@@ -125,6 +131,19 @@ def _engine_and_frame(args: argparse.Namespace) -> tuple['PerceptionEngine', 'Fr
     return engine, engine.frame(image)
 
 
+def _export(args: argparse.Namespace) -> dict:
+    from vlm_perception.core.onnx_export import export_onnx
+
+    engine = make_engine(args)  # checks the options; export_onnx loads the models for export
+    slots = args.slot or list(EXPORT_SLOTS)
+    written = export_onnx(engine.config, args.onnx, slots)
+    capability_of = {slot.name: slot.capability for slot in SLOTS}
+    return {'onnx_dir': str(Path(args.onnx).expanduser().resolve()), 'exports': [
+        {'slot': slot, 'model': engine.model_ids[capability_of[slot]],
+         'files': [str(path) for path in paths],
+         'bytes': sum(path.stat().st_size for path in paths)} for slot, paths in written.items()]}
+
+
 def _format_detections(result: dict) -> str:
     lines = [f"{d['label']}  {d['score']:.3f}  centre ({d['center_x']:.1f}, {d['center_y']:.1f})"
              f"  size {d['size_x']:.1f} x {d['size_y']:.1f}" for d in result['detections']]
@@ -143,6 +162,14 @@ def _format_description(result: dict) -> str:
     return result['summary']
 
 
+def _format_export(result: dict) -> str:
+    lines = [f"{export['slot']}: {export['model']} -> "
+             f"{', '.join(Path(file).name for file in export['files'])} in "
+             f"{Path(export['files'][0]).parent} ({export['bytes'] / 1e6:.1f} MB)"
+             for export in result['exports']]
+    return '\n'.join(lines)
+
+
 # subcommand -> (run, text formatter, help)
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     'detect': (_detect, _format_detections, 'open-vocabulary detection of --labels'),
@@ -155,7 +182,7 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the engine subcommands: detect, tags, ask, caption, describe."""
+    """Add the engine subcommands: detect, tags, ask, caption, describe, export."""
     parent = engine_options()
     for name, (run, formatter, help_text) in COMMANDS.items():
         command = subparsers.add_parser(name, parents=[parent], help=help_text,
@@ -171,6 +198,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if name == 'describe':
             command.add_argument('--question', help='also answer this question')
         command.set_defaults(run=run, formatter=formatter)
+    help_text = ('export the image and text encoders of the detector and the tagger to ONNX, '
+                 'for --detector-runtime / --tagger-runtime onnxruntime with --onnx-dir OUT_DIR')
+    command = subparsers.add_parser('export', parents=[parent], help=help_text,
+                                    description=help_text + ' (exported on the CPU in fp32, '
+                                    'whatever --device and --dtype say)')
+    command.add_argument('--onnx', required=True, metavar='OUT_DIR',
+                         help='folder to write OUT_DIR/<slot>/{image,text}_encoder.onnx and '
+                              'manifest.json into (an earlier export there is replaced)')
+    command.add_argument('--slot', action='append', choices=EXPORT_SLOTS,
+                         help='export only this slot (repeatable; default: both)')
+    command.set_defaults(run=_export, formatter=_format_export)
 
 
 def _register_extensions(subparsers: argparse._SubParsersAction) -> None:

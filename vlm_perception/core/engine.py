@@ -6,14 +6,18 @@ Used by the ROS node and the CLI alike::
     engine = PerceptionEngine(EngineConfig(preset='default', device='auto'))
     frame = engine.frame(rgb)                      # HxWx3 uint8 RGB
     engine.detect(frame, labels=['cup'])           # -> list[Detection]
+    engine.detect_many([frame, other])             # -> one list per frame, images encoded at once
     engine.segment(frame, detections)              # -> the detections with masks (SAM)
     engine.describe(frame, question='Is the door open?')
 
 Efficiency: models load on first use (or in ``load``); label embeddings are cached per model and
 text (TextEmbeddingCache); each model's image encoding of a frame is computed once and kept on the
 Frame, so several requests on one frame (configured and extra labels, several tag vocabularies,
-several questions, a caption) share it. Model calls run under ``torch.inference_mode`` and one
-lock granted first come, first served (FairLock), so threads share the engine taking turns.
+several questions, a caption) share it. The frame goes to the models' device once
+(``Frame.tensor``), where the transformers image processors resize and normalise it; attention
+is torch's SDPA where a model has it; ``EngineConfig.compile`` adds torch.compile (compiling.py).
+Model calls run under ``torch.inference_mode`` and one lock granted first come, first served
+(FairLock), so threads share the engine taking turns.
 
 Out of memory: torch's (CUDA) out-of-memory error in a model call or load becomes an
 ``OutOfMemory`` error after the engine trimmed its caches (the frame's encodings, the text
@@ -31,8 +35,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from vlm_perception.core.backends.contracts import (Answerer, Captioner, Detector, Segmenter,
-                                                    Tagger)
+from vlm_perception.core.backends.contracts import (Answerer, BatchImageEncoder, Captioner,
+                                                    Detector, Segmenter, Tagger)
 from vlm_perception.core.cache import TextEmbeddingCache
 from vlm_perception.core.device import resolve_device, resolve_dtype
 from vlm_perception.core.errors import InputError, OutOfMemory
@@ -64,13 +68,15 @@ def _rename_old_keywords(self: 'EngineConfig', *old_values: str | None) -> None:
 
 # What to load and how; None means the preset's. One <slot>_model field per model slot
 # (detector_model, tagger_model, vqa_model, captioner_model, segmenter_model); the former names
-# are keywords only (deprecated: they set their slot's field and warn).
+# are keywords only (deprecated: they set their slot's field and warn). compile: torch.compile
+# each model's heavy modules as it loads (compiling.py), eager where that fails.
 EngineConfig = dataclasses.make_dataclass(
     'EngineConfig',
     [('preset', str, 'default'), *[(slot.parameter, str | None, None) for slot in SLOTS],
      ('device', str, 'auto'), ('dtype', str, 'auto'), ('labels', Sequence[str] | None, None),
      ('tag_labels', Sequence[str] | None, None), ('detection_threshold', float | None, None),
      ('options', ModelOptions, dataclasses.field(default_factory=ModelOptions)),
+     ('compile', bool, False),
      *[(old, dataclasses.InitVar[str | None], None) for old in OLD_PARAMETERS]],
     namespace={'__doc__': "What to load and how; None means the preset's.",
                '__module__': __name__, '__post_init__': _rename_old_keywords})
@@ -258,17 +264,23 @@ class PerceptionEngine:
         A model is loaded once per (model id, device, dtype): when another capability's backend
         holds the model and its class serves this capability too (a generative VLM answering
         and captioning), that object is returned instead, and with it its frame encodings.
+        With ``config.compile`` a new backend's modules get torch.compile (compiling.py): the
+        first run compiles them, so a warm-up should follow.
         """
         import torch
 
         from vlm_perception.core.backends import create_backend, serves
+        from vlm_perception.core.compiling import compile_backend
 
         for loaded in list(self._backends.values()):  # a snapshot: replace_model is unlocked
             if serves(loaded, capability, model_id):
                 return loaded
         try:
             self._faults.load()
-            return create_backend(capability, model_id, self.device, self.dtype, self.options)
+            backend = create_backend(capability, model_id, self.device, self.dtype, self.options)
+            if self.config.compile:
+                compile_backend(backend)
+            return backend
         except torch.OutOfMemoryError as error:
             reason = _first_line(error)
         # Past the except block the failed load's frames, and the tensors they held, are gone.
@@ -321,10 +333,13 @@ class PerceptionEngine:
         source = self.preset if preset is None else get_preset(preset)
         return source.model(SLOT_OF[capability].key)
 
-    def _run(self, capability: str, frame: Frame, work: Callable[[Any], Any],
+    def _run(self, capability: str, frame: Frame | Sequence[Frame], work: Callable[[Any], Any],
              backend: Any = None, what: str | None = None) -> Any:
         """
         Run ``work(backend)`` as one model call: in turn (the lock), under inference_mode.
+
+        ``frame`` is the frame worked on, or the frames (detect_many): their encodings are
+        dropped on out of memory.
 
         Without ``backend`` the capability's current one is used (loaded first if need be), read
         under the lock, so a call never straddles a swap. Torch's out of memory becomes
@@ -349,10 +364,11 @@ class PerceptionEngine:
             failure = self._out_of_memory(f'in {what or capability}', reason, frame)
         raise failure
 
-    def _out_of_memory(self, what: str, reason: str, frame: Frame | None = None) -> OutOfMemory:
+    def _out_of_memory(self, what: str, reason: str,
+                       frame: Frame | Sequence[Frame] | None = None) -> OutOfMemory:
         """Trim what memory can be trimmed, count, and return the OutOfMemory to raise."""
-        if frame is not None:
-            frame.drop_encodings()
+        for each in [frame] if isinstance(frame, Frame) else frame or ():
+            each.drop_encodings()
         self._trim_caches()
         with self._count_lock:
             self.out_of_memory_count += 1
@@ -400,6 +416,46 @@ class PerceptionEngine:
         found = self._run('detect', frame, work, backend, what)
         return [dataclasses.replace(detection, score=_finite_score(detection.score))
                 for detection in found]
+
+    def detect_many(self, frames: Sequence[np.ndarray | Frame],
+                    labels: Iterable[str] | str | None = None,
+                    threshold: float | None = None) -> list[list[Detection]]:
+        """
+        Detect the labels in several frames (cameras) at once: per frame what detect gives.
+
+        With a detector that encodes images in batches (OWL-ViT, OWLv2: BatchImageEncoder) the
+        frames not encoded yet are encoded in one call, each encoding kept on its Frame, and
+        each frame is then scored from its own; other detectors run once per frame. One turn
+        of the engine lock serves all the frames.
+        """
+        frames = [self.frame(frame) for frame in frames]
+        labels = self.labels if labels is None else clean_labels(labels)
+        threshold = self.detection_threshold if threshold is None else check_threshold(threshold)
+        if not frames:
+            return []
+
+        def work(backend: Detector) -> list[list[Detection]]:
+            if isinstance(backend, BatchImageEncoder):
+                self._encode_together(backend, frames)
+            return [backend.detect(frame, labels, threshold, self._text_cache)
+                    for frame in frames]
+
+        found = self._run('detect', frames, work, what='detect_many')
+        return [[dataclasses.replace(detection, score=_finite_score(detection.score))
+                 for detection in detections] for detections in found]
+
+    @staticmethod
+    def _encode_together(backend: BatchImageEncoder, frames: list[Frame]) -> None:
+        """Encode the frames that backend has not encoded yet in one call; keep each's own."""
+        missing = list({id(frame): frame for frame in frames
+                        if not frame.has_encoding(backend.key)}.values())
+        if len(missing) < 2:
+            return  # detect encodes a single frame itself, as ever
+        device = getattr(backend, 'tensor_device', None)  # as detect would hand each frame
+        encodings = backend.encode_images([frame.image if device is None else frame.tensor(device)
+                                           for frame in missing])
+        for frame, encoding in zip(missing, encodings, strict=True):
+            frame.encoding(backend.key, lambda image, encoding=encoding: encoding)
 
     def segment(self, frame: np.ndarray | Frame,
                 detections: Sequence[Detection]) -> list[Detection]:

@@ -16,3 +16,7 @@ class OutOfMemory(RuntimeError):
     The engine trimmed its caches before raising and stays usable: the request (or frame) that
     failed is lost, the next one may succeed. The message says what ran out where.
     """
+
+
+class CompileFallback(RuntimeWarning):
+    """torch.compile failed for a model's module (EngineConfig.compile): it runs eagerly."""

@@ -169,9 +169,19 @@ def load_hf_config(model_id: str, what: str = 'the') -> Any:
 
 
 def load_hf_model(model_class: Any, model_id: str, device: str, dtype: Any, what: str) -> Any:
-    """Load a transformers model in eval mode on a device and dtype, or raise ModelLoadError."""
+    """
+    Load a transformers model in eval mode on a device and dtype, or raise ModelLoadError.
+
+    Attention is torch's scaled_dot_product_attention (``sdpa``) where the architecture has it;
+    where it does not (BLIP, ViLT, Grounding DINO, OmDet-Turbo: a ValueError), the model's
+    default, which still gives sdpa to the sub-models that have it.
+    """
+    source = str(local_folder(model_id) or model_id)
     with hf_load_errors(model_id, what):
-        model = model_class.from_pretrained(str(local_folder(model_id) or model_id), dtype=dtype)
+        try:
+            model = model_class.from_pretrained(source, dtype=dtype, attn_implementation='sdpa')
+        except ValueError:  # no sdpa here; any other fault comes back from the plain load
+            model = model_class.from_pretrained(source, dtype=dtype)
     return model.to(device).eval()
 
 

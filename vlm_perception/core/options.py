@@ -5,7 +5,8 @@ OPTIONS generates the ModelOptions dataclass (EngineConfig.options), the CLI fla
 (``--vqa-max-new-tokens``) and the node parameters (``vqa_max_new_tokens``). Backends read their
 options from ``backend.options`` on each call; the engine replaces that object (under its lock)
 when an option changes at run time. Options marked ``at_load`` shape how a model is loaded (the
-image preprocessing) and hold from the next load on; on the node they are read-only.
+image preprocessing, the runtimes) and hold from the next load on; on the node they are
+read-only.
 """
 
 from dataclasses import dataclass, fields, make_dataclass, replace
@@ -17,6 +18,7 @@ Value = Union[str, int, tuple[str, ...]]
 # open_clip's 80 prompts of its OpenAI ImageNet zero-shot classifier, by name
 TEMPLATE_SETS = ('openai',)
 RESIZE_MODES = ('shortest', 'longest', 'squash')
+RUNTIMES = ('torch', 'onnxruntime')  # of the detector's and tagger's encoders (onnx_runtime.py)
 MAX_TEMPLATES = 128
 MAX_NEW_TOKENS = 1024
 MAX_BEAMS = 16
@@ -62,6 +64,17 @@ OPTIONS: tuple[Option, ...] = (
     Option('caption_prompt', 'string', '',
            'Caption request of a generative VLM, or the text a BLIP caption continues; empty = '
            "the model's default."),
+    Option('detector_runtime', 'string', 'torch',
+           "What runs the detector's image and text encoders: torch, or onnxruntime (the "
+           'export in onnx_dir; TensorRT or CUDA execution provider on a CUDA device where '
+           'onnxruntime has one, else CPU). OWL-ViT and OWLv2 only; the class head stays torch.',
+           choices=RUNTIMES, at_load=True),
+    Option('tagger_runtime', 'string', 'torch',
+           "What runs the tagger's image and text encoders: torch or onnxruntime, as "
+           'detector_runtime. open_clip models only.', choices=RUNTIMES, at_load=True),
+    Option('onnx_dir', 'string', '',
+           'Folder of the ONNX exports (detector/, tagger/, as `vlm-perception export --onnx '
+           'DIR` writes them) that the onnxruntime runtimes load; empty = none.', at_load=True),
 )
 OPTION_NAMES = tuple(option.name for option in OPTIONS)
 OPTION_OF = {option.name: option for option in OPTIONS}

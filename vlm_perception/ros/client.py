@@ -13,13 +13,14 @@ From a planner (in the spirit of nav2_simple_commander's BasicNavigator)::
 From a shell (no ros2 CLI needed; each command starts a short-lived client node)::
 
     vlm-perception query "What colour is the circle?" --labels "red circle,blue square"
-    vlm-perception locate "red circle" --max-age 1.0
+    vlm-perception locate "red circle" --max-age 1.0 --camera left
     vlm-perception watch --count 5
     vlm-perception labels "cup,person,chair"
     vlm-perception ask-topic "How many shapes are there?" --namespace robot1
 
 The node's topics and services are relative names, so a namespace is all it takes to reach a
-namespaced node.
+namespaced node. A node with several cameras (its cameras parameter) takes the camera by name in
+query, locate and ask (empty = its first camera).
 """
 
 import argparse
@@ -48,6 +49,7 @@ SCENE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                        reliability=ReliabilityPolicy.RELIABLE,
                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
 _POLL_S = 0.05  # graph changes (matching) fire no callback, so they are polled
+CAMERA_HELP = "which of the node's cameras (its cameras parameter); default: the first"
 
 
 class PerceptionError(RuntimeError):
@@ -160,21 +162,26 @@ class PerceptionClient:
     # --- services -------------------------------------------------------------------------
 
     def query(self, question: str = '', labels: Sequence[str] = (), caption: bool = False,
-              max_age: float = 0.0, timeout: float = 10.0) -> srv.QueryScene.Response:
-        """Ask about the latest frame (query service): detections of labels, answer, caption."""
+              max_age: float = 0.0, timeout: float = 10.0,
+              camera: str = '') -> srv.QueryScene.Response:
+        """
+        Ask about the latest frame (query service): detections of labels, answer, caption.
+
+        ``camera`` names one of the node's cameras; empty = its first (or only) one.
+        """
         request = srv.QueryScene.Request(question=question, labels=list(labels),
-                                         caption=caption, max_age=float(max_age))
+                                         caption=caption, max_age=float(max_age), camera=camera)
         return self._call(srv.QueryScene, 'query', request, timeout)
 
-    def locate(self, query: str, max_age: float = 0.0,
-               timeout: float = 10.0) -> srv.Locate.Response:
+    def locate(self, query: str, max_age: float = 0.0, timeout: float = 10.0,
+               camera: str = '') -> srv.Locate.Response:
         """
-        Find one object by phrase and place it in 3D (locate service).
+        Find one object by phrase in a camera's latest frame and place it in 3D (locate service).
 
         On ``success: false`` the PerceptionError's ``.response`` still carries what matched
         (e.g. ``response.detection`` when there was no depth for it).
         """
-        request = srv.Locate.Request(query=query, max_age=float(max_age))
+        request = srv.Locate.Request(query=query, max_age=float(max_age), camera=camera)
         return self._call(srv.Locate, 'locate', request, timeout)
 
     def set_labels(self, labels: Sequence[str], timeout: float = 10.0) -> list[str]:
@@ -205,8 +212,8 @@ class PerceptionClient:
 
     # --- topics ---------------------------------------------------------------------------
 
-    def ask(self, question: str, timeout: float = 10.0) -> msg.Answer:
-        """Publish a Question on questions and return the Answer with its id (answers)."""
+    def ask(self, question: str, timeout: float = 10.0, camera: str = '') -> msg.Answer:
+        """Publish a Question (about camera: empty = the first) and return its Answer."""
         deadline = _deadline(timeout)
         if self._questions is None:
             self._answers = self.node.create_subscription(
@@ -221,7 +228,7 @@ class PerceptionClient:
         if not matched:
             raise PerceptionTimeout(f'nobody subscribes {topic} and publishes answers within '
                                     f'{timeout:g} s ({HINT})')
-        message = msg.Question(id=uuid.uuid4().hex[:12], question=question)
+        message = msg.Question(id=uuid.uuid4().hex[:12], question=question, camera=camera)
         answered = self._pending[message.id] = Future()
         try:
             self._questions.publish(message)
@@ -340,7 +347,7 @@ def _run(args: argparse.Namespace, command: Callable[[PerceptionClient], int]) -
 def _query(args: argparse.Namespace) -> int:
     def command(client: PerceptionClient) -> int:
         response = client.query(args.question, _labels(args.labels), args.caption,
-                                args.max_age, args.timeout)
+                                args.max_age, args.timeout, args.camera)
         scene = scene_from_msg(response.scene)
         if args.json:
             result = {'stamp': _stamp(response.scene.header),
@@ -358,7 +365,7 @@ def _query(args: argparse.Namespace) -> int:
 
 def _locate(args: argparse.Namespace) -> int:
     def command(client: PerceptionClient) -> int:
-        response = client.locate(args.query, args.max_age, args.timeout)
+        response = client.locate(args.query, args.max_age, args.timeout, args.camera)
         header, point = response.point.header, response.point.point
         if args.json:
             print(json.dumps({
@@ -395,10 +402,11 @@ def _set_labels(args: argparse.Namespace) -> int:
 
 def _ask_topic(args: argparse.Namespace) -> int:
     def command(client: PerceptionClient) -> int:
-        answer = client.ask(args.question, args.timeout)
+        answer = client.ask(args.question, args.timeout, args.camera)
         if args.json:
             print(json.dumps({'id': answer.id, 'stamp': _stamp(answer.header),
-                              'answer': answer.answer, 'confidence': answer.confidence}))
+                              'camera': answer.camera, 'answer': answer.answer,
+                              'confidence': answer.confidence}))
         else:
             print(f'{answer.answer}  (confidence {answer.confidence:.3f})')
         return 0
@@ -427,7 +435,8 @@ def _watch(args: argparse.Namespace) -> int:
 
     def command(client: PerceptionClient) -> int:
         # Streams, so its own subscriptions (volatile: only what is published from now on).
-        client.node.create_subscription(msg.SceneDescription, 'scene', on_scene, 10)
+        scene = f'{args.camera}/scene' if args.camera else 'scene'
+        client.node.create_subscription(msg.SceneDescription, scene, on_scene, 10)
         client.node.create_subscription(msg.Answer, 'answers', on_answer, 10)
         deadline = _deadline(args.timeout)
         try:
@@ -449,11 +458,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help='namespace of the perception node (default: the root)')
     common.add_argument('--json', action='store_true', help='print JSON instead of text')
 
-    def add(name: str, help_text: str, timeout: float, run: Any) -> argparse.ArgumentParser:
+    def add(name: str, help_text: str, timeout: float, run: Any,
+            camera_help: str = CAMERA_HELP) -> argparse.ArgumentParser:
         command = subparsers.add_parser(name, parents=[common], help=help_text,
                                         description=help_text)
         command.add_argument('--timeout', type=float, default=timeout,
                              help='seconds to wait, 0 = no limit (default: %(default)s)')
+        if camera_help:
+            command.add_argument('--camera', default='', help=camera_help)
         command.set_defaults(run=run, formatter=None)
         return command
 
@@ -472,11 +484,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help='fail if the latest frame is older than this many seconds')
 
     watch = add('watch', 'print scene summaries and answers as the node publishes them', 0.0,
-                _watch)
+                _watch, camera_help='print the scenes of this camera (N/scene); default: the '
+                                    "node's single camera (scene)")
     watch.add_argument('--count', type=int, default=0, help='stop after N messages (0 = never)')
 
     labels = add('labels', 'replace the detection vocabulary (set_labels service)', 10.0,
-                 _set_labels)
+                 _set_labels, camera_help='')  # no --camera: the vocabulary is the node's
     labels.add_argument('labels', help='comma-separated labels, e.g. "cup,person,chair"')
 
     ask = add('ask-topic', 'publish a Question on questions and wait for its Answer', 30.0,

@@ -180,10 +180,11 @@ def scene_from_msg(scene: msg.SceneDescription) -> types.SceneDescription:
 
 
 def answer_to_msg(question_id: str, question: str, header: Optional[Header],
-                  answer: Optional[types.Answer] = None, error: str = '') -> msg.Answer:
+                  answer: Optional[types.Answer] = None, error: str = '',
+                  camera: str = '') -> msg.Answer:
     """Return an Answer message: the answer, or success false with the error."""
-    result = msg.Answer(id=question_id, question=question, success=answer is not None,
-                        error=error)
+    result = msg.Answer(id=question_id, question=question, camera=camera,
+                        success=answer is not None, error=error)
     if header is not None:
         result.header = header
     if answer is not None:
@@ -270,10 +271,17 @@ def detection_markers(detections: msg.DetectionArray, lifetime: float,
 def diagnostic_array(report: DiagnosticReport, stamp: Time, name: str,
                      hardware_id: str) -> DiagnosticArray:
     """Return a DiagnosticArray with one status made from report."""
-    status = DiagnosticStatus(level=_LEVELS[report.level], name=name, message=report.message,
-                              hardware_id=hardware_id,
-                              values=[KeyValue(key=k, value=v) for k, v in report.values.items()])
-    return DiagnosticArray(header=Header(stamp=stamp), status=[status])
+    return diagnostic_statuses([(name, report)], stamp, hardware_id)
+
+
+def diagnostic_statuses(reports: list[tuple[str, DiagnosticReport]], stamp: Time,
+                        hardware_id: str) -> DiagnosticArray:
+    """Return a DiagnosticArray with one status per (name, report), in order."""
+    return DiagnosticArray(header=Header(stamp=stamp), status=[
+        DiagnosticStatus(level=_LEVELS[report.level], name=name, message=report.message,
+                         hardware_id=hardware_id,
+                         values=[KeyValue(key=k, value=v) for k, v in report.values.items()])
+        for name, report in reports])
 
 
 def detections_2d(detections: msg.DetectionArray) -> Any:

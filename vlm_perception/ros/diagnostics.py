@@ -82,23 +82,49 @@ class DiagnosticReport:
 
 
 class PerceptionStats:
-    """Thread-safe counters the node updates from its callbacks and reports once a second."""
+    """
+    Thread-safe counters the node updates from its callbacks and reports once a second.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    With several cameras each has its own counters, which take device and model state from the
+    node's (``shared``); the node's then count requests only (``stream`` false: no rates).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 shared: 'PerceptionStats | None' = None, stream: bool = True) -> None:
         self._lock = threading.Lock()
+        self._shared = shared
+        self._stream = stream
         self.received = RateMeter(clock=clock)
         self.processed = RateMeter(clock=clock)
         self.dropped: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.latency: dict[str, Latency] = {}
-        self.device = ''
-        self.model_state = 'loading'
+        self._device = ''
+        self._model_state = 'loading'
         self._reported_problems = 0
         self._clock = clock
         self._image_since: float | None = None  # the last image, or when expected from
         self.image_timeout = 0.0     # seconds; 0 = never starved
         self._depth_since: float | None = None  # set when depth is expected: last one, or start
+
+    @property
+    def device(self) -> str:
+        """Return the device the models run on ('' before they load)."""
+        return self._shared.device if self._shared is not None else self._device
+
+    @device.setter
+    def device(self, device: str) -> None:
+        self._device = device
+
+    @property
+    def model_state(self) -> str:
+        """Return the state of the models: loading, ready, failed: why, ..."""
+        return self._shared.model_state if self._shared is not None else self._model_state
+
+    @model_state.setter
+    def model_state(self, state: str) -> None:
+        self._model_state = state
 
     def expect_depth(self, expected: bool = True) -> None:
         """Depth images are expected from now on (WARN while none arrives), or no longer."""
@@ -160,9 +186,8 @@ class PerceptionStats:
             values = {
                 'input rate (Hz)': f'{self.received.rate():.2f}',
                 'processed rate (Hz)': f'{self.processed.rate():.2f}',
-                'device': self.device,
-                'model state': self.model_state,
-            }
+            } if self._stream else {}
+            values.update({'device': self.device, 'model state': self.model_state})
             values.update({f'dropped: {cause}': str(n)
                            for cause, n in sorted(self.dropped.items())})
             values.update({f'rejected: {cause}': str(n)

@@ -5,7 +5,13 @@ The image callback only keeps the newest frame; inference runs on the newest fra
 previous one is done, so the node is never behind the camera (older frames are dropped and
 counted). Every output carries the header (stamp, frame_id) of the image it is about.
 
-Subscriptions:
+Several cameras (parameter cameras, e.g. [left, right]): camera N has the camera topics below
+under N/ (N/image, N/depth, N/camera_info -> N/detections, ..., N/markers) and the root ones are
+not used; whichever cameras have a new frame when inference is free are detected in one batch
+(one image-encoder call where the detector allows), none waiting for another. Requests and
+questions name their camera (empty = the first). Empty cameras: one camera on the root topics.
+
+Subscriptions (the camera ones per camera, under N/ with cameras):
     image (sensor_msgs/Image): camera frames; rgb8, bgr8, rgba8, bgra8, mono8, mono16, ...
         With compressed: true, <resolved image topic>/compressed (sensor_msgs/CompressedImage)
         instead, as image_transport names it. Depth 1, reliability from image_reliability.
@@ -16,7 +22,7 @@ Subscriptions:
         stamp within depth_slop. Same QoS as image. compressedDepth is not supported.
     camera_info (sensor_msgs/CameraInfo), with use_depth: intrinsics of the colour image.
 
-Published Topics:
+Published Topics (all but answers and /diagnostics per camera, under N/ with cameras):
     detections (vlm_perception/DetectionArray): every processed frame; with segment in
         capabilities each detection carries its mask (mono8, over its box).
     detections_2d (vision_msgs/Detection2DArray): the same, class_id = label text; only where
@@ -33,8 +39,10 @@ Published Topics:
         (each processed frame; they expire after two processing periods).
     /diagnostics (diagnostic_msgs/DiagnosticArray): input and processed rates, dropped frames and
         rejected inputs by cause, latency per capability, device, model state; once a second.
+        One status, '<node>: perception'; with cameras, one per camera ('<node>: camera N',
+        its stream) besides it (requests and questions).
 
-Services:
+Services (query, locate and questions take a camera name; empty = the first camera):
     query (vlm_perception/QueryScene): describe the latest frame (labels, caption, question),
         failing when it is older than max_age.
     set_labels (vlm_perception/SetLabels): replace the detection vocabulary (sets labels).
@@ -45,8 +53,8 @@ Services:
         With autostart (default) the node configures and activates itself at start.
 
 Parameters (declared in vlm_perception.ros.parameters, defaults in config/params.yaml):
-    device, dtype, compressed, image_reliability, warmup, autostart, use_depth,
-    max_pending_queries, max_pending_questions, tag_resize_mode (read-only); preset,
+    device, dtype, cameras, compressed, image_reliability, warmup, compile, autostart,
+    use_depth, max_pending_queries, max_pending_questions, tag_resize_mode (read-only); preset,
     detector_model, tagger_model, vqa_model, captioner_model, segmenter_model (one per slot of
     vlm_perception.core.slots; settable at run time: the new model loads beside the one
     serving and is swapped in when ready; if it fails the old one stays and the parameter is
@@ -66,6 +74,7 @@ Environment (test and diagnosis hooks, never parameters; unset in normal use):
 
 from contextlib import contextmanager
 import difflib
+from functools import partial
 import os
 import queue
 import signal
@@ -85,24 +94,23 @@ from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
-from visualization_msgs.msg import MarkerArray
 
 from vlm_perception import msg, srv
-from vlm_perception.core.depth import (DepthImage, PinholeCamera, place_all, RigidTransform,
-                                       StampedBuffer)
+from vlm_perception.core.depth import RigidTransform
 from vlm_perception.core.engine import clean_labels, clean_text, EngineConfig, PerceptionEngine
 from vlm_perception.core.errors import InputError, ModelLoadError, OutOfMemory
 from vlm_perception.core.options import ModelOptions, OPTION_NAMES
 from vlm_perception.core.summary import summarize
 from vlm_perception.core.types import Detection, SceneDescription
 from vlm_perception.ros import conversions, parameters
+from vlm_perception.ros.cameras import CameraStream, DEPTH_SPAN_S, MIN_STARVED_PERIOD_S
 from vlm_perception.ros.diagnostics import PerceptionStats, Throttle
-from vlm_perception.ros.stream import (age_verdict, check_max_age, image_age, LatestSlot,
-                                       Periodic, RateLimiter, SourceFrame)
+from vlm_perception.ros.stream import (age_verdict, check_max_age, image_age, RateLimiter,
+                                       SourceFrame)
 from vlm_perception.ros.visualization import annotate
 
 try:
@@ -115,13 +123,15 @@ DEPTH_SETTINGS = ('depth_scale', 'min_depth', 'max_depth', 'depth_slop', 'target
                   'tf_timeout')
 ADDED_LATENCY_ENV = 'VLM_PERCEPTION_ADDED_LATENCY'
 THROTTLE_S = 5.0
-EXECUTOR_THREADS = 6  # the node's five callback groups, its default one and tf2's listener
+# The node's five callback groups (one camera), its default one and tf2's listener; each further
+# camera adds its image group.
+EXECUTOR_THREADS = 6
 # While the stream infers, the image callback waits (at most this long) for it to finish, so that
 # newer frames wait in DDS (the newest only, depth 1) instead of waking the executor each.
 HOLD_WHILE_INFERRING_S = 1.0
-DEPTH_SPAN_S, DEPTH_IMAGES = 1.0, 30   # depth images kept for pairing
-MIN_MARKER_LIFETIME_S = 0.5
-MIN_STARVED_PERIOD_S = 0.5  # 'no image' on scene_text at most this often
+# The stream waits (at most this long) for the image callbacks that hold a frame to keep it, so
+# that frames which arrived together are batched together.
+INTAKE_WAIT_S = 0.05
 QUESTION_INTAKE_FACTOR = 10  # subscription depth per queued question
 STOP_JOIN_S = 5.0  # the stream and question threads finish what they hold, at most this long
 _PARAMETER_TYPES = {'string': ParameterType.PARAMETER_STRING,
@@ -183,7 +193,9 @@ class PerceptionNode(LifecycleNode):
         if reason:
             raise InputError(f'parameter {reason}')
 
-        self.stats = PerceptionStats()
+        names = self._value('cameras') if self._is_set('cameras') else []
+        # one camera: its counters are the node's (one status, as ever); several: one each
+        self.stats = PerceptionStats(stream=not names)
         self._warnings = Throttle(THROTTLE_S)
         self._added_latency = float(os.environ.get(ADDED_LATENCY_ENV, '0') or 0)
         self._stopping = threading.Event()
@@ -192,23 +204,15 @@ class PerceptionNode(LifecycleNode):
         self._stream_busy = threading.Lock()  # held while the stream processes a frame
         self._inference = threading.Condition()  # notified when the stream's inference ends
         self._inferring = False
-        self._image_subscriptions: list[Any] = []
+        self._taking = 0  # image callbacks with a frame in hand, not kept yet
         self.configure_error: Optional[Exception] = None
         self._wakeup = threading.Event()  # the stream's rate wait ends early: stop, new max_rate
-        self._slot: LatestSlot[SourceFrame] = LatestSlot()
-        self._latest_lock = threading.Lock()
-        self._forget_frames()
         self._rate = RateLimiter(self._value('max_rate'))
-        self._scene_due = Periodic(self._value('scene_period'))
         self._capabilities = tuple(self._value('capabilities'))
         self._threshold = self._value('detection_threshold')
         self._max_image_age = self._value('max_image_age')
-        self._caption = ''
         self._use_depth = self._value('use_depth')
         self._depth = {name: self._value(name) for name in DEPTH_SETTINGS}  # settable at run time
-        self._camera: Optional[PinholeCamera] = None
-        self._last_processed: Optional[float] = None
-        self._marker_lifetime = MIN_MARKER_LIFETIME_S
         self._tf_buffer = tf2_ros.Buffer() if tf2_ros is not None else None
         # on this node's executor: a thread of its own would spin the node in a second
         # executor, which rclpy refuses, and leaves a thread behind at exit (geometry2 #930)
@@ -222,27 +226,18 @@ class PerceptionNode(LifecycleNode):
         # no group waits for another: queries wait for the engine, never the image callback.
         self._frame_ready = threading.Event()
         self._stream_thread = threading.Thread(target=self._stream, name='stream', daemon=True)
-        self._input_group = MutuallyExclusiveCallbackGroup()  # images: keep the newest frame
+        # images: one group per camera (CameraStream.input_group), each keeps its newest frame
         self._depth_group = MutuallyExclusiveCallbackGroup()  # depth, camera_info: never held
         request_group = MutuallyExclusiveCallbackGroup()  # query and locate (use the engine)
         question_group = MutuallyExclusiveCallbackGroup()  # questions: only queued here
         control_group = MutuallyExclusiveCallbackGroup()  # set_labels, diagnostics
 
-        # The stream's outputs publish only while active; answers (replies) and diagnostics
-        # in every state.
-        output = self.create_lifecycle_publisher
-        self._detections_pub = output(msg.DetectionArray, 'detections', 10)
-        self._detections_2d_pub = (output(conversions.Detection2DArray, 'detections_2d', 10)
-                                   if conversions.Detection2DArray is not None else None)
-        self._detections_3d_pub = (
-            output(conversions.Detection3DArray, 'detections_3d', 10)
-            if conversions.Detection3DArray is not None and self._use_depth else None)
-        # Transient local: a planner that starts later gets the latest scene at once.
-        self._scene_pub = output(msg.SceneDescription, 'scene', QoSProfile(
-            depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        self._scene_text_pub = output(String, 'scene_text', 10)
-        self._annotated_pub = output(Image, 'image_annotated', 1)
-        self._markers_pub = output(MarkerArray, 'markers', 10)
+        # The stream's outputs (the cameras') publish only while active; answers (replies) and
+        # diagnostics in every state.
+        self._cameras = [CameraStream(self, name, PerceptionStats(shared=self.stats) if name
+                                      else self.stats, self._use_depth,
+                                      self._value('scene_period')) for name in names or ['']]
+        self._camera_by_name = {camera.name: camera for camera in self._cameras}
         self._answers_pub = self.create_publisher(
             msg.Answer, 'answers',
             QoSProfile(depth=QUESTION_INTAKE_FACTOR * self._value('max_pending_questions')))
@@ -267,8 +262,8 @@ class PerceptionNode(LifecycleNode):
         self.create_service(srv.SetLabels, 'set_labels', self._on_set_labels,
                             callback_group=control_group)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=control_group)
-        self.stats.image_timeout = self._value('image_timeout')
-        self._starved_text = Periodic(max(self._value('scene_period'), MIN_STARVED_PERIOD_S))
+        for camera in self._cameras:
+            camera.stats.image_timeout = self._value('image_timeout')
         self.create_timer(MIN_STARVED_PERIOD_S / 2, self._say_starved,
                           callback_group=control_group)
         # rclpy >= Iron can rewrite a change before it is stored; elsewhere unclean is refused
@@ -321,6 +316,11 @@ class PerceptionNode(LifecycleNode):
         self._stream_thread.start()
         self._question_worker.start()
 
+    @property
+    def executor_threads(self) -> int:
+        """Return the threads its executor needs: one per callback group (each camera's too)."""
+        return EXECUTOR_THREADS + len(self._cameras) - 1
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Make the engine and load (and warm up) the stream's models; FAILURE if they fail."""
         try:
@@ -343,7 +343,8 @@ class PerceptionNode(LifecycleNode):
         if result != TransitionCallbackReturn.SUCCESS:
             return result
         self._subscribe_images()
-        self.stats.expect_images()  # image_timeout counts from now, not from the model load
+        for camera in self._cameras:  # image_timeout counts from now, not from the model load
+            camera.stats.expect_images()
         self._active.set()
         self._state = 'active'
         return result
@@ -371,7 +372,7 @@ class PerceptionNode(LifecycleNode):
         labels = self._value('labels') if self._is_set('labels') else None
         return EngineConfig(
             preset=self._value('preset'), device=self._value('device'),
-            dtype=self._value('dtype'), labels=labels,
+            dtype=self._value('dtype'), labels=labels, compile=self._value('compile'),
             options=ModelOptions(**{name: self._value(name) for name in OPTION_NAMES}),
             **{name: self._value(name) or None for name in parameters.MODEL_PARAMETERS})
 
@@ -397,13 +398,15 @@ class PerceptionNode(LifecycleNode):
         """Stop taking images and wait for the frame being processed (the stream then waits)."""
         self._active.clear()
         self._release_held()
-        for subscription in self._image_subscriptions:
-            self.destroy_subscription(subscription)
-        self._image_subscriptions = []
-        self.stats.expect_images(False)
-        self.stats.expect_depth(False)
+        for camera in self._cameras:
+            for subscription in camera.subscriptions:
+                self.destroy_subscription(subscription)
+            camera.subscriptions = []
+            camera.stats.expect_images(False)
+            camera.stats.expect_depth(False)
         with self._stream_busy:
-            self._slot.take()
+            for camera in self._cameras:
+                camera.slot.take()
 
     def _unload(self) -> None:
         """Drop the engine (its models and caches) and every kept frame."""
@@ -411,15 +414,8 @@ class PerceptionNode(LifecycleNode):
         if engine is not None:
             engine.unload()
         self.stats.model_state = 'unconfigured'
-        self._forget_frames()
-
-    def _forget_frames(self) -> None:
-        with self._latest_lock:
-            self._depth_images: StampedBuffer[DepthImage] = StampedBuffer(DEPTH_SPAN_S,
-                                                                          DEPTH_IMAGES)
-            self._latest: Optional[SourceFrame] = None
-            self._latest_paired: Optional[SourceFrame] = None  # the newest with a depth image
-            self._latest_good: Optional[SourceFrame] = None  # the newest whose pixels decoded
+        for camera in self._cameras:
+            camera.forget()
 
     def stop(self) -> None:
         """End the stream and question threads (each after the frame or question in hand)."""
@@ -450,8 +446,8 @@ class PerceptionNode(LifecycleNode):
         return True
 
     @contextmanager
-    def _guarded(self, where: str) -> Iterator[None]:
-        """Log and count any exception so that no callback ends spin()."""
+    def _guarded(self, where: str, stats: Optional[PerceptionStats] = None) -> Iterator[None]:
+        """Log and count (in stats, else the node's) any exception so no callback ends spin()."""
         try:
             yield
         except Exception as error:  # a callback must never kill the node
@@ -459,34 +455,44 @@ class PerceptionNode(LifecycleNode):
                 # Ctrl-C: the node is being destroyed under a callback still running
                 self.get_logger().debug(f'{where} at shutdown: {type(error).__name__}: {error}')
                 return
-            self.stats.record_error(where)
+            (stats or self.stats).record_error(where)
             if self._warnings.allow(f'error in {where}'):
                 self.get_logger().error(f'{where}: {type(error).__name__}: {error}')
 
-    def _reject(self, what: str, error: object) -> None:
-        self.stats.record_rejected(what)
+    def _reject(self, what: str, error: object, stats: Optional[PerceptionStats] = None) -> None:
+        (stats or self.stats).record_rejected(what)
         if self._warnings.allow(what):  # throttled per cause, so that one cannot hide another
             self.get_logger().warning(f'rejected {what}: {error}')
 
     def _timed(self, capability: str, call: Callable[..., Any], *args: Any,
-               **kwargs: Any) -> Any:
+               stats: Optional[PerceptionStats] = None, **kwargs: Any) -> Any:
         start = time.perf_counter()
         result = call(*args, **kwargs)
-        self.stats.record_latency(capability, time.perf_counter() - start)
+        (stats or self.stats).record_latency(capability, time.perf_counter() - start)
         return result
 
-    def _frame_for(self, max_age: float,
+    def _camera_for(self, name: str) -> CameraStream:
+        """Return the camera a request names (empty: the first); InputError for an unknown one."""
+        camera = self._camera_by_name.get(name) if name else self._cameras[0]
+        if camera is not None:
+            return camera
+        if not self._cameras[0].name:
+            raise InputError(f'unknown camera {name!r}: this node has one camera (its cameras '
+                             'parameter is empty), so leave camera empty')
+        raise InputError(f'unknown camera {name!r}: the cameras are '
+                         f'{", ".join(camera.name for camera in self._cameras)}')
+
+    def _frame_for(self, camera: CameraStream, max_age: float,
                    with_depth: bool = False) -> tuple[SourceFrame, float]:
         """
-        Return the latest frame and its age; FrameUnavailable when none or too old.
+        Return the latest frame of a camera and its age; FrameUnavailable when none or too old.
 
         with_depth prefers the newest frame that has a depth image, when the latest has none
         (yet, or lost in transport) and that one is young enough and within the depth images
         kept (DEPTH_SPAN_S of the latest). InputError for an unusable max_age.
         """
         check_max_age(max_age)
-        with self._latest_lock:
-            frame, paired = self._latest, self._latest_paired
+        frame, paired = camera.latest()
         if frame is None:
             raise FrameUnavailable('no image received yet')
         now = self.get_clock().now().nanoseconds
@@ -494,15 +500,14 @@ class PerceptionNode(LifecycleNode):
                 and abs(frame.stamp_ns - paired.stamp_ns) <= DEPTH_SPAN_S * 1e9 \
                 and not age_verdict(now, paired.stamp_ns, max_age):
             frame = paired
-        if not self._usable(frame):  # undecodable: the newest frame that decoded instead
-            with self._latest_lock:
-                frame = self._latest_good
+        if not camera.usable(frame):  # undecodable: the newest frame that decoded instead
+            frame = camera.latest_good()
             if frame is None:
                 raise FrameUnavailable('no usable image yet: every image received was rejected')
         age = image_age(now, frame.stamp_ns)
         verdict = age_verdict(now, frame.stamp_ns, max_age)
         if verdict == 'future':
-            self._count_future(age)
+            self._count_future(age, camera.stats)
             raise FrameUnavailable(f'stale: the latest image is stamped {-age:.2f} s ahead of '
                                    "this node's clock (future stamp), so no age limit holds")
         if verdict:
@@ -510,45 +515,13 @@ class PerceptionNode(LifecycleNode):
                                    f'{max_age:g} s')
         return frame, age
 
-    def _usable(self, frame: SourceFrame) -> bool:
-        """Decode frame if not tried yet; remember it as the newest usable one if it decoded."""
-        if not frame.decoded():
-            return False
-        with self._latest_lock:
-            if self._latest_good is None or frame.stamp_ns >= self._latest_good.stamp_ns:
-                self._latest_good = frame
-        return True
-
-    def _count_future(self, age: float) -> None:
+    def _count_future(self, age: float, stats: PerceptionStats) -> None:
         """Count and warn (once per THROTTLE_S) about an image stamped ahead of the clock."""
-        self.stats.record_drop('future stamp')
+        stats.record_drop('future stamp')
         if self._warnings.allow('future stamp'):
             self.get_logger().warning(
                 f'future stamp: an image is stamped {-age:.2f} s ahead of the node clock '
                 '(camera and node clocks differ?); it fails every non-zero age limit')
-
-    def _mark_paired(self, frame: Optional[SourceFrame], depth_stamp_ns: int) -> None:
-        """Remember frame as the newest with a depth image, if depth_stamp_ns pairs with it."""
-        if frame is not None and abs(frame.stamp_ns - depth_stamp_ns) <= \
-                self._depth['depth_slop'] * 1e9:  # the caller holds _latest_lock
-            if self._latest_paired is None or frame.stamp_ns >= self._latest_paired.stamp_ns:
-                self._latest_paired = frame
-
-    def _placed(self, frame: SourceFrame,
-                detections: list[Detection]) -> tuple[list[Detection], str]:
-        """Return the detections placed with the depth paired with frame, and why not if not."""
-        if not self._use_depth:
-            return detections, 'depth off: the node runs with use_depth false'
-        camera = self._camera
-        if camera is None:
-            return detections, 'no depth: no valid camera_info received yet'
-        depth = self._depth_images.nearest(frame.stamp_ns, self._depth['depth_slop'])
-        if depth is None:
-            return detections, (f'no depth: no depth image within depth_slop '
-                                f'({self._depth["depth_slop"]:g} s) of the image')
-        height, width = frame.rgb.shape[:2]
-        return place_all(detections, depth, camera, width, height, self._depth['min_depth'],
-                         self._depth['max_depth']), ''
 
     def _target(self, header: Any) -> tuple[str, RigidTransform]:
         """Return the frame of 3D outputs and the transform into it at the image's stamp."""
@@ -573,91 +546,90 @@ class PerceptionNode(LifecycleNode):
         reliability = (ReliabilityPolicy.RELIABLE if self._value('image_reliability') == 'reliable'
                        else ReliabilityPolicy.BEST_EFFORT)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability)
-        group = self._input_group
+        for camera in self._cameras:
+            self._subscribe(camera, qos)
+
+    def _subscribe(self, camera: CameraStream, qos: QoSProfile) -> None:
+        """Subscribe a camera's image (or its compressed topic), and depth and camera_info."""
         if self._value('compressed'):
-            topic = self.resolve_topic_name('image') + '/compressed'
-            subscriptions = [self.create_subscription(CompressedImage, topic, self._on_compressed,
-                                                      qos, callback_group=group)]
+            topic = self.resolve_topic_name(camera.topic('image')) + '/compressed'
+            subscriptions = [self.create_subscription(
+                CompressedImage, topic, partial(self._on_compressed, camera), qos,
+                callback_group=camera.input_group)]
         else:
-            topic = 'image'
-            subscriptions = [self.create_subscription(Image, topic, self._on_image, qos,
-                                                      callback_group=group)]
+            topic = camera.topic('image')
+            subscriptions = [self.create_subscription(
+                Image, topic, partial(self._on_image, camera), qos,
+                callback_group=camera.input_group)]
         self.get_logger().info(f'subscribed to {self.resolve_topic_name(topic)}')
         if self._use_depth:
+            depth, info = camera.topic('depth'), camera.topic('camera_info')
             subscriptions += [
-                self.create_subscription(Image, 'depth', self._on_depth, qos,
+                self.create_subscription(Image, depth, partial(self._on_depth, camera), qos,
                                          callback_group=self._depth_group),
-                self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos,
-                                         callback_group=self._depth_group)]
-            self.stats.expect_depth()
-            self.get_logger().info(f'depth from {self.resolve_topic_name("depth")}, intrinsics '
-                                   f'from {self.resolve_topic_name("camera_info")}')
-        self._image_subscriptions = subscriptions  # the image (or compressed) one first
+                self.create_subscription(CameraInfo, info, partial(self._on_camera_info, camera),
+                                         qos, callback_group=self._depth_group)]
+            camera.stats.expect_depth()
+            self.get_logger().info(f'depth from {self.resolve_topic_name(depth)}, intrinsics '
+                                   f'from {self.resolve_topic_name(info)}')
+        camera.subscriptions = subscriptions  # the image (or compressed) one first
 
-    def _on_image(self, image: Image) -> None:
-        with self._guarded('image'):
-            image = self._newest(image)
-            self._keep(image.header, lambda: conversions.image_to_rgb(image), 'image')
+    def _on_image(self, camera: CameraStream, image: Image) -> None:
+        with self._taking_frame(), self._guarded('image', camera.stats):
+            image = self._newest(camera, image)
+            self._keep(camera, image.header, lambda: conversions.image_to_rgb(image), 'image')
 
-    def _on_compressed(self, image: CompressedImage) -> None:
+    def _on_compressed(self, camera: CameraStream, image: CompressedImage) -> None:
         """Keep the newest compressed frame undecoded: it is decoded when taken, if ever."""
-        with self._guarded('compressed image'):
-            image = self._newest(image)
+        with self._taking_frame(), self._guarded('compressed image', camera.stats):
+            image = self._newest(camera, image)
             try:
                 data = conversions.checked_compressed_data(image)
             except InputError as error:
-                self.stats.record_received()
-                self._reject('compressed image', error)
+                camera.stats.record_received()
+                self._reject('compressed image', error, camera.stats)
                 return
-            self._keep(image.header, lambda: conversions.decode_checked(data),
+            self._keep(camera, image.header, lambda: conversions.decode_checked(data),
                        'compressed image', decode_now=False)
 
-    def _on_depth(self, image: Image) -> None:
-        with self._guarded('depth'):
+    def _on_depth(self, camera: CameraStream, image: Image) -> None:
+        with self._guarded('depth', camera.stats):
             try:
                 depth = conversions.depth_image(image, self._depth['depth_scale'])
             except InputError as error:
-                self._reject('depth', error)
+                self._reject('depth', error, camera.stats)
                 return
-            stamp = conversions.stamp_ns(image.header.stamp)
-            with self._latest_lock:  # against the image callback, which pairs the other way
-                self._depth_images.add(stamp, depth)
-                self._mark_paired(self._latest, stamp)
-            self.stats.record_depth()
+            camera.add_depth(conversions.stamp_ns(image.header.stamp), depth,
+                             self._depth['depth_slop'])
+            camera.stats.record_depth()
 
-    def _on_camera_info(self, info: CameraInfo) -> None:
-        with self._guarded('camera_info'):
+    def _on_camera_info(self, camera: CameraStream, info: CameraInfo) -> None:
+        with self._guarded('camera_info', camera.stats):
             try:
-                camera = conversions.pinhole_camera(info)
+                intrinsics = conversions.pinhole_camera(info)
             except InputError as error:
-                self._reject('camera_info', error)
+                self._reject('camera_info', error, camera.stats)
                 return
-            if not camera.distortion_supported:
+            if not intrinsics.distortion_supported:
                 self.get_logger().warning(
-                    f'camera_info distortion model {camera.distortion_model!r} is not '
+                    f'camera_info distortion model {intrinsics.distortion_model!r} is not '
                     'supported: back-projecting with K only', once=True)
-            self._camera = camera
+            camera.intrinsics = intrinsics
 
-    def _keep(self, header: Any, to_rgb: Callable[[], Any], what: str,
+    def _keep(self, camera: CameraStream, header: Any, to_rgb: Callable[[], Any], what: str,
               decode_now: bool = True) -> None:
-        """Make a received image the newest frame (for the stream and queries)."""
-        self.stats.record_received()
+        """Make a received image the camera's newest frame (for the stream and queries)."""
+        camera.stats.record_received()
         frame = SourceFrame(header, conversions.stamp_ns(header.stamp), to_rgb,
-                            on_error=lambda error: self._reject(what, error))
-        if decode_now and not self._usable(frame):
+                            on_error=lambda error: self._reject(what, error, camera.stats))
+        if decode_now and not camera.usable(frame):
             return  # rejected: the previous frame stays the newest
-        with self._latest_lock:
-            self._latest = frame
-            if self._use_depth:
-                depth_stamp = self._depth_images.nearest_stamp(frame.stamp_ns,
-                                                               self._depth['depth_slop'])
-                if depth_stamp is not None:
-                    self._mark_paired(frame, depth_stamp)
-        if self._slot.put(frame):
-            self.stats.record_drop('superseded')
+        camera.keep(frame, self._depth['depth_slop'])
+        if camera.slot.put(frame):
+            camera.stats.record_drop('superseded')
         self._frame_ready.set()
 
-    def _newest(self, message: Any) -> Any:
+    def _newest(self, camera: CameraStream, message: Any) -> Any:
         """
         Return message, or the newer one that arrived while the stream was inferring.
 
@@ -665,11 +637,12 @@ class PerceptionNode(LifecycleNode):
         executor leaves the image subscription out of its wait set: newer frames wait in DDS (the
         newest only, depth 1) instead of each waking the executor, which would compete with
         inference for the GIL and the cores. Once inference ends, the newest is taken here and
-        the held message counts as superseded.
+        the held message counts as superseded. Each camera has a group of its own, so each
+        camera's callback holds its own frame.
         """
         if not self._hold_while_inferring():
             return message
-        subscriptions = self._image_subscriptions
+        subscriptions = camera.subscriptions
         if not subscriptions:
             return message
         subscription = subscriptions[0]
@@ -677,8 +650,8 @@ class PerceptionNode(LifecycleNode):
             taken = subscription.handle.take_message(subscription.msg_type, subscription.raw)
         if taken is None:
             return message
-        self.stats.record_received()
-        self.stats.record_drop('superseded')
+        camera.stats.record_received()
+        camera.stats.record_drop('superseded')
         return taken[0]
 
     def _hold_while_inferring(self) -> bool:
@@ -690,8 +663,32 @@ class PerceptionNode(LifecycleNode):
                                      timeout=HOLD_WHILE_INFERRING_S)
         return True
 
+    @contextmanager
+    def _taking_frame(self) -> Iterator[None]:
+        """Count an image callback as one with a frame in hand until it returns."""
+        with self._inference:
+            self._taking += 1
+        try:
+            yield
+        finally:
+            with self._inference:
+                self._taking -= 1
+                self._inference.notify_all()
+
+    def _await_intake(self) -> None:
+        """
+        Wait (at most INTAKE_WAIT_S) for the image callbacks with a frame in hand to keep it.
+
+        Frames that arrived during inference are all in hand when it ends (held, see _newest):
+        waiting for these few milliseconds batches them together. A camera with no frame in
+        hand is not waited for.
+        """
+        with self._inference:
+            self._inference.wait_for(lambda: self._taking == 0 or self._stopping.is_set(),
+                                     timeout=INTAKE_WAIT_S)
+
     def _stream(self) -> None:
-        """Run the stream's capabilities on the newest frame, whenever one waits (own thread)."""
+        """Run the stream on each camera's newest frame, whenever one waits (own thread)."""
         while not self._stopping.is_set():
             self._frame_ready.wait()
             self._frame_ready.clear()
@@ -699,15 +696,19 @@ class PerceptionNode(LifecycleNode):
                 while (delay := self._rate.wait_time()) > 0 and not self._stopping.is_set():
                     self._wakeup.wait(delay)
                     self._wakeup.clear()
-                with self._stream_busy:  # deactivate waits for the frame in hand
-                    frame = self._slot.take()
-                    if frame is None or not self._active.is_set() or not self._usable(frame):
+                if len(self._cameras) > 1:  # one camera has no frame to batch with
+                    self._await_intake()
+                with self._stream_busy:  # deactivate waits for the frames in hand
+                    taken = [(camera, frame) for camera in self._cameras
+                             if (frame := camera.slot.take()) is not None]
+                    if not self._active.is_set():
+                        continue
+                    taken = [(camera, frame) for camera, frame in taken if camera.usable(frame)]
+                    if not taken:
                         continue
                     self._set_inferring(True)
                     try:
-                        self._run_stream(frame)
-                    except OutOfMemory as error:  # skip the frame; the engine trimmed its caches
-                        self._count_out_of_memory(error)
+                        self._run_stream(taken)
                     finally:
                         self._set_inferring(False)
 
@@ -721,69 +722,94 @@ class PerceptionNode(LifecycleNode):
         with self._inference:
             self._inference.notify_all()
 
-    def _count_out_of_memory(self, error: OutOfMemory) -> None:
-        self.stats.record_error('out of memory')
+    def _count_out_of_memory(self, error: OutOfMemory,
+                             stats: Optional[PerceptionStats] = None) -> None:
+        (stats or self.stats).record_error('out of memory')
         if self._warnings.allow('out of memory'):
             self.get_logger().warning(f'{error}: the frame or request is skipped, caches '
                                       'trimmed; the node goes on')
 
-    def _run_stream(self, frame: SourceFrame) -> None:
-        now = self.get_clock().now().nanoseconds
+    def _fresh(self, camera: CameraStream, frame: SourceFrame, now: int) -> bool:
+        """Whether the stream may process frame at now (ns): not older than max_image_age."""
         age = image_age(now, frame.stamp_ns)
         verdict = age_verdict(now, frame.stamp_ns, self._max_image_age)
         if verdict == 'future':
-            self._count_future(age)
-            return
+            self._count_future(age, camera.stats)
+            return False
         if verdict:
-            self.stats.record_drop('stale')
+            camera.stats.record_drop('stale')
             self.get_logger().warning(
                 f'skipping an image {age:.2f} s old (max_image_age {self._max_image_age:g} s)',
                 throttle_duration_sec=THROTTLE_S)
+            return False
+        return True
+
+    def _run_stream(self, taken: list[tuple[CameraStream, SourceFrame]]) -> None:
+        """Detect in the frames taken (a camera's each) as one batch; publish per camera."""
+        now = self.get_clock().now().nanoseconds
+        taken = [(camera, frame) for camera, frame in taken if self._fresh(camera, frame, now)]
+        if not taken:
             return
         self._rate.mark()
         if self._added_latency:
             time.sleep(self._added_latency)
         capabilities, engine = self._capabilities, self._engine
-        engine_frame = frame.engine_frame(engine.frame)
-        detections = (self._timed('detect', engine.detect, engine_frame,
-                                  threshold=self._threshold or None)
-                      if 'detect' in capabilities else [])
+        frames = [frame.engine_frame(engine.frame) for _, frame in taken]
+        found: list[list[Detection]] = [[] for _ in taken]
+        if 'detect' in capabilities:
+            start = time.perf_counter()
+            try:
+                found = engine.detect_many(frames, threshold=self._threshold or None)
+            except OutOfMemory as error:  # skip the frames; the engine trimmed its caches
+                for camera, _ in taken:
+                    self._count_out_of_memory(error, camera.stats)
+                return
+            for camera, _ in taken:  # the batch's time: what each camera's frame waited for
+                camera.stats.record_latency('detect', time.perf_counter() - start)
+        for (camera, frame), engine_frame, detections in zip(taken, frames, found):
+            try:
+                self._publish_stream(camera, frame, engine_frame, detections, capabilities)
+            except OutOfMemory as error:  # skip the rest of the frame, not the other cameras
+                self._count_out_of_memory(error, camera.stats)
+
+    def _publish_stream(self, camera: CameraStream, frame: SourceFrame, engine_frame: Any,
+                        detections: list[Detection], capabilities: tuple[str, ...]) -> None:
+        """Mask and place a camera's detections, publish them and, when due, its scene."""
+        engine, stats = self._engine, camera.stats
         if 'segment' in capabilities and detections:  # masks first: depth uses them
-            detections = self._timed('segment', engine.segment, engine_frame, detections)
+            detections = self._timed('segment', engine.segment, engine_frame, detections,
+                                     stats=stats)
         if self._use_depth:
-            detections, unplaced = self._placed(frame, detections)
+            detections, unplaced = camera.placed(frame, detections, self._depth)
             if unplaced:
-                self.stats.record_drop('depth unpaired')
+                stats.record_drop('depth unpaired')
         detections_msg = conversions.detections_to_msg(detections, frame.header)
-        self._detections_pub.publish(detections_msg)
-        if self._detections_2d_pub is not None:
-            self._detections_2d_pub.publish(conversions.detections_2d(detections_msg))
+        camera.detections_pub.publish(detections_msg)
+        if camera.detections_2d_pub is not None:
+            camera.detections_2d_pub.publish(conversions.detections_2d(detections_msg))
         if self._use_depth:
-            self._publish_3d(detections_msg)
-        if self._scene_due.due():
-            self._scene_due.mark()
-            tags = (self._timed('tags', engine.tags, engine_frame)
+            self._publish_3d(camera, detections_msg)
+        if camera.scene_due.due():
+            camera.scene_due.mark()
+            tags = (self._timed('tags', engine.tags, engine_frame, stats=stats)
                     if 'tags' in capabilities else [])
-            self._caption = (self._timed('caption', engine.caption, engine_frame)
-                             if 'caption' in capabilities else '')
-            scene = SceneDescription(caption=self._caption, tags=tags, detections=detections)
+            camera.caption = (self._timed('caption', engine.caption, engine_frame, stats=stats)
+                              if 'caption' in capabilities else '')
+            scene = SceneDescription(caption=camera.caption, tags=tags, detections=detections)
             scene.summary = summarize(scene.caption, tags,
                                       detections if 'detect' in capabilities else None,
                                       frame.rgb.shape[1])
-            self._scene_pub.publish(conversions.scene_to_msg(scene, frame.header))
-            self._scene_text_pub.publish(String(data=scene.summary))
-            self._markers_pub.publish(conversions.summary_marker(scene.summary, frame.header))
-        if self._annotated_pub.get_subscription_count() > 0:
-            self._annotated_pub.publish(conversions.rgb_to_image(
-                annotate(frame.rgb, detections, self._caption), frame.header))
-        self.stats.record_processed()
+            camera.scene_pub.publish(conversions.scene_to_msg(scene, frame.header))
+            camera.scene_text_pub.publish(String(data=scene.summary))
+            camera.markers_pub.publish(conversions.summary_marker(scene.summary, frame.header))
+        if camera.annotated_pub.get_subscription_count() > 0:
+            camera.annotated_pub.publish(conversions.rgb_to_image(
+                annotate(frame.rgb, detections, camera.caption), frame.header))
+        stats.record_processed()
 
-    def _publish_3d(self, detections: msg.DetectionArray) -> None:
+    def _publish_3d(self, camera: CameraStream, detections: msg.DetectionArray) -> None:
         """Publish markers and detections_3d of the placed detections, in target_frame."""
-        now = time.monotonic()
-        if self._last_processed is not None:  # outlive the gap to the next processed frame
-            self._marker_lifetime = max(MIN_MARKER_LIFETIME_S, 2 * (now - self._last_processed))
-        self._last_processed = now
+        lifetime = camera.marker_lifetime()
         try:
             frame_id, transform = self._target(detections.header)
         except LocateFailure as error:
@@ -792,10 +818,9 @@ class PerceptionNode(LifecycleNode):
             return
         if transform is not conversions.IDENTITY:
             detections = conversions.in_frame(detections, frame_id, transform)
-        self._markers_pub.publish(conversions.detection_markers(
-            detections, self._marker_lifetime, transform))
-        if self._detections_3d_pub is not None:
-            self._detections_3d_pub.publish(conversions.detections_3d(detections, transform))
+        camera.markers_pub.publish(conversions.detection_markers(detections, lifetime, transform))
+        if camera.detections_3d_pub is not None:
+            camera.detections_3d_pub.publish(conversions.detections_3d(detections, transform))
 
     # --- questions, queries, labels -----------------------------------------------------------
 
@@ -830,26 +855,29 @@ class PerceptionNode(LifecycleNode):
             self._answers_pub.publish(reply)
 
     def _answer(self, question: msg.Question) -> msg.Answer:
-        header = None
+        header, camera = None, question.camera
         try:
             self._active_engine()  # inactive first: not the question's fault
             text = clean_text(question.question, 'question')
+            source = self._camera_for(question.camera)
+            camera = source.name
             engine = self._active_engine()
-            frame, _ = self._frame_for(self._max_image_age)
+            frame, _ = self._frame_for(source, self._max_image_age)
             header = frame.header
             answer = self._timed('vqa', engine.answer, frame.engine_frame(engine.frame), text)
-            return conversions.answer_to_msg(question.id, question.question, header, answer)
+            return conversions.answer_to_msg(question.id, question.question, header, answer,
+                                             camera=camera)
         except InputError as error:
             self._reject('question', error)
             return conversions.answer_to_msg(question.id, question.question, header,
-                                             error=str(error))
+                                             error=str(error), camera=camera)
         except OutOfMemory as error:
             self._count_out_of_memory(error)
             return conversions.answer_to_msg(question.id, question.question, header,
-                                             error=str(error))
+                                             error=str(error), camera=camera)
         except (FrameUnavailable, ModelLoadError, NotActive) as error:
             return conversions.answer_to_msg(question.id, question.question, header,
-                                             error=str(error))
+                                             error=str(error), camera=camera)
 
     def _serve(self, what: str, answer: Callable[[Any, Any], None], request: Any,
                response: Any) -> Any:
@@ -884,14 +912,15 @@ class PerceptionNode(LifecycleNode):
                       response: srv.QueryScene.Response) -> None:
         labels = clean_labels(request.labels) if request.labels else None
         question = clean_text(request.question, 'question') if request.question.strip() else None
+        camera = self._camera_for(request.camera)
         engine = self._active_engine()
-        frame, age = self._frame_for(request.max_age)
+        frame, age = self._frame_for(camera, request.max_age)
         scene = self._timed('query', engine.describe, frame.engine_frame(engine.frame),
                             labels=labels, question=question, caption=request.caption,
                             tags='tags' in self._capabilities, detect=True,
                             segment='segment' in self._capabilities)
         if self._use_depth:
-            scene.detections, _ = self._placed(frame, scene.detections)
+            scene.detections, _ = camera.placed(frame, scene.detections, self._depth)
             scene.summary = summarize(scene.caption, scene.tags, scene.detections,
                                       frame.rgb.shape[1], scene.answer)
         response.scene = conversions.scene_to_msg(scene, frame.header)
@@ -906,8 +935,9 @@ class PerceptionNode(LifecycleNode):
 
     def _locate(self, request: srv.Locate.Request, response: srv.Locate.Response) -> None:
         query = clean_text(request.query, 'query')
+        camera = self._camera_for(request.camera)
         engine = self._active_engine()
-        frame, age = self._frame_for(request.max_age, with_depth=self._use_depth)
+        frame, age = self._frame_for(camera, request.max_age, with_depth=self._use_depth)
         threshold = self._threshold or engine.detection_threshold
         matches = self._timed('locate', engine.detect, frame.engine_frame(engine.frame),
                               labels=[query], threshold=threshold)
@@ -917,7 +947,7 @@ class PerceptionNode(LifecycleNode):
         if 'segment' in self._capabilities:
             matches = self._timed('segment', engine.segment, frame.engine_frame(engine.frame),
                                   matches)
-        matches, unplaced = self._placed(frame, matches)
+        matches, unplaced = camera.placed(frame, matches, self._depth)
         response.matches = [conversions.detection_to_msg(match, frame.header)
                             for match in matches]
         response.detection = response.matches[0]
@@ -1019,10 +1049,12 @@ class PerceptionNode(LifecycleNode):
             elif change.name == 'detection_threshold':
                 self._threshold = change.value
             elif change.name == 'scene_period':
-                self._scene_due.period = change.value
-                self._starved_text.period = max(change.value, MIN_STARVED_PERIOD_S)
+                for camera in self._cameras:
+                    camera.scene_due.period = change.value
+                    camera.starved_text.period = max(change.value, MIN_STARVED_PERIOD_S)
             elif change.name == 'image_timeout':
-                self.stats.image_timeout = change.value
+                for camera in self._cameras:
+                    camera.stats.image_timeout = change.value
             elif change.name == 'max_rate':
                 self._rate.max_rate = change.value
                 self._wakeup.set()  # a stream waiting out the old rate goes on at once
@@ -1088,23 +1120,28 @@ class PerceptionNode(LifecycleNode):
         self.stats.model_state = 'ready'
 
     def _say_starved(self) -> None:
-        """While no image arrives, say so on scene_text every scene_period, and in the log."""
+        """While a camera has no image, say so on its scene_text every scene_period, and log."""
         with self._guarded('diagnostics'):
-            starved = self.stats.starved_for()
-            if starved is None or not self._starved_text.due():
-                return
-            self._starved_text.mark()
-            text = f'no image for {starved:.0f} s'
-            self._scene_text_pub.publish(String(data=text))
-            self.get_logger().warning(f'{text} on {self.resolve_topic_name("image")}',
-                                      throttle_duration_sec=self.stats.image_timeout)
+            for camera in self._cameras:
+                starved = camera.stats.starved_for()
+                if starved is None or not camera.starved_text.due():
+                    continue
+                camera.starved_text.mark()
+                text = f'no image for {starved:.0f} s'
+                camera.scene_text_pub.publish(String(data=text))
+                self.get_logger().warning(
+                    f'{text} on {self.resolve_topic_name(camera.topic("image"))}',
+                    throttle_duration_sec=camera.stats.image_timeout)
 
     def _publish_diagnostics(self) -> None:
+        """Publish the node's status and, with several cameras, one per camera."""
         with self._guarded('diagnostics'):
-            self._diagnostics_pub.publish(conversions.diagnostic_array(
-                self.stats.report(), self.get_clock().now().to_msg(),
-                f'{self.get_fully_qualified_name()}: perception',
-                self.stats.device or 'unknown'))
+            name = self.get_fully_qualified_name()
+            reports = [(f'{name}: perception', self.stats.report())]
+            reports += [(f'{name}: camera {camera.name}', camera.stats.report())
+                        for camera in self._cameras if camera.name]
+            self._diagnostics_pub.publish(conversions.diagnostic_statuses(
+                reports, self.get_clock().now().to_msg(), self.stats.device or 'unknown'))
 
 
 def _tf_unavailable(target_frame: str) -> Optional[str]:
@@ -1116,8 +1153,8 @@ def _tf_unavailable(target_frame: str) -> Optional[str]:
 
 
 def _declared_default(spec: parameters.ParameterSpec) -> Any:
-    """Return the declare_parameter default: the value, or the bare type when unset."""
-    if spec.default is None:
+    """Return the declare_parameter default: the value, or the bare type when unset or []."""
+    if spec.default is None or spec.default == []:  # rclpy would type [] as a byte array
         return Parameter.Type.STRING_ARRAY
     return list(spec.default) if isinstance(spec.default, list) else spec.default
 
@@ -1137,7 +1174,7 @@ def main(args: Optional[list[str]] = None) -> int:
         else:
             node.get_logger().info('unconfigured (autostart false): waiting for a lifecycle '
                                    'manager to configure and activate')
-        executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+        executor = MultiThreadedExecutor(num_threads=node.executor_threads)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -8,6 +8,7 @@ names are declared too, from OLD_SPECS.
 """
 
 from dataclasses import dataclass
+import re
 from typing import Optional, Sequence, Union
 
 from vlm_perception.core.engine import CAPABILITIES, clean_labels, DEFAULT_CAPABILITIES
@@ -17,6 +18,9 @@ from vlm_perception.core.presets import PRESET_NAMES
 from vlm_perception.core.slots import OLD_PARAMETERS, SLOTS
 
 RELIABILITIES = ('best_effort', 'reliable')
+# A camera name is a relative topic namespace: tokens of letters, digits and _, not starting
+# with a digit, joined by single slashes (left, front/left).
+CAMERA_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*')
 MIN_RATE = 0.01  # Hz: slower would wait hours, and 1 / rate overflows near 1e-10
 
 Value = Union[str, bool, int, float, list[str]]
@@ -81,6 +85,12 @@ SPECS: tuple[ParameterSpec, ...] = (
                   'Seconds without an image before diagnostics WARN (ERROR after 3 times as '
                   'long) and scene_text says so every scene_period; 0 = off.',
                   limits=(0.0, 3600.0)),
+    ParameterSpec('cameras', 'string_array', [],
+                  'Camera names, one stream each in one node: camera N subscribes N/image (or '
+                  'N/image/compressed), N/depth, N/camera_info and publishes N/detections, '
+                  'N/scene and the other outputs under N/; new frames of several cameras are '
+                  'detected in one batch. Empty = one camera on image, detections, ... as ever.',
+                  read_only=True),
     ParameterSpec('compressed', 'bool', False,
                   'Subscribe <image>/compressed (sensor_msgs/CompressedImage) instead of image.',
                   read_only=True),
@@ -92,6 +102,10 @@ SPECS: tuple[ParameterSpec, ...] = (
                   'waits unconfigured for a lifecycle manager.', read_only=True),
     ParameterSpec('warmup', 'bool', True,
                   'Run each loaded model once at start so the first frame is not slow.',
+                  read_only=True),
+    ParameterSpec('compile', 'bool', False,
+                  'torch.compile each model as it loads: faster frames after a slow first run '
+                  '(the warm-up); a model that fails to compile runs eagerly, with a warning.',
                   read_only=True),
     ParameterSpec('max_pending_queries', 'integer', 32,
                   'Requests (query, locate) waiting for the engine at most: the queue depth of '
@@ -164,6 +178,19 @@ def check(name: str, value: Value) -> Optional[str]:
             clean_labels(value)
         except InputError as error:
             return f'labels: {error}'
+    if name == 'cameras':
+        return check_cameras(value)
+    return None
+
+
+def check_cameras(names: Sequence[str]) -> Optional[str]:
+    """Return why names cannot be the cameras (bad or repeated names), or None."""
+    for camera in names:
+        if not CAMERA_NAME.fullmatch(camera):
+            return (f'cameras: {camera!r} is not a camera name (letters, digits and _, not '
+                    'starting with a digit; / between parts, as in front/left)')
+    if len(set(names)) != len(names):
+        return f'cameras: repeated names in {list(names)!r}'
     return None
 
 

@@ -17,7 +17,9 @@ from typing import Any, Union
 from vlm_perception.core.backends.contracts import CONTRACTS
 from vlm_perception.core.errors import ModelLoadError
 from vlm_perception.core.loading import model_type
+from vlm_perception.core.onnx_runtime import Exportable, runtime_of, runtime_option
 from vlm_perception.core.options import ModelOptions
+from vlm_perception.core.slots import SLOT_OF
 
 # (capability, architecture key) -> 'module:Class' inside this package, or a class (register)
 REGISTRY: dict[tuple[str, str], Union[str, type]] = {
@@ -73,12 +75,25 @@ def create_backend(capability: str, model_id: str, device: str, dtype: str,
         raise ModelLoadError(f"model '{model_id}' is a {architecture} model, which cannot do "
                              f'{capability} (supported: {supported})')
     backend_class = _backend_class(entry)
+    slot = SLOT_OF[capability].name
+    runtime = runtime_of(options or ModelOptions(), slot)
+    if runtime != 'torch' and not issubclass(backend_class, Exportable):  # before the load
+        raise ModelLoadError(
+            f'{runtime_option(slot)} {runtime} runs exported '
+            f"{', '.join(onnx_families(capability))} models only; '{model_id}' is a "
+            f'{architecture} model: use {runtime_option(slot)} torch')
     backend = backend_class(model_id, device, dtype, options)
     contract = CONTRACTS[capability]
     if not isinstance(backend, contract):  # a registered class that does not keep its contract
         raise ModelLoadError(f'{backend_class.__name__} does not implement '
                              f'{contract.__name__}, which {capability} needs')
     return backend
+
+
+def onnx_families(capability: str) -> list[str]:
+    """Return the architectures whose backend for a capability has an ONNX export."""
+    return sorted(architecture for (served, architecture), entry in REGISTRY.items()
+                  if served == capability and issubclass(_backend_class(entry), Exportable))
 
 
 def serves(backend: Any, capability: str, model_id: str) -> bool:

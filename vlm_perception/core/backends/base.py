@@ -2,10 +2,9 @@
 
 from typing import Any
 
-import numpy as np
-
 from vlm_perception.core.device import torch_dtype
 from vlm_perception.core.errors import InputError, ModelLoadError
+from vlm_perception.core.frame import RGBImage, to_tensor
 from vlm_perception.core.loading import load_hf_config
 from vlm_perception.core.options import ModelOptions
 
@@ -15,10 +14,13 @@ class Backend:
     One loaded model serving one capability.
 
     ``encode_image`` holds the image-only part of the model; the engine stores its result on the
-    Frame so that every request on that frame with this model reuses it.
+    Frame so that every request on that frame with this model reuses it. ``tensor_device`` says
+    how it takes the frame: None, as the HxWx3 array; a device, as the frame's 3xHxW uint8 tensor
+    there (Frame.tensor: one upload for every model on that device).
     """
 
     capability = ''
+    tensor_device: str | None = None
 
     def __init__(self, model_id: str, device: str, dtype: str,
                  options: ModelOptions | None = None) -> None:
@@ -34,9 +36,20 @@ class Backend:
         """Identity of the model in caches."""
         return f'{type(self).__name__}:{self.model_id}:{self.device}:{self.dtype}'
 
-    def encode_image(self, image: np.ndarray) -> Any:
-        """Run the image-only part of the model on an HxWx3 uint8 RGB array."""
+    def encode_image(self, image: RGBImage) -> Any:
+        """Run the image-only part of the model on an HxWx3 array or a 3xHxW tensor (uint8 RGB)."""
         raise NotImplementedError
+
+    def compile_modules(self) -> dict[str, Any]:
+        """
+        Return the torch modules worth torch.compile (EngineConfig.compile), by name.
+
+        Those run per frame or request; by default the whole ``model`` where it is a module.
+        """
+        import torch
+
+        model = getattr(self, 'model', None)
+        return {'model': model} if isinstance(model, torch.nn.Module) else {}
 
 
 class HFBackend(Backend):
@@ -64,11 +77,30 @@ class HFBackend(Backend):
                                    device, self.torch_dtype, what)
         self.processor = load_hf_processor(model_id, what)
         self.tokenizer = getattr(self.processor, 'tokenizer', None)  # none for SAM's
+        self.tensor_device = device  # the processors resize and normalise on the model's device
 
-    def pixels(self, image: np.ndarray) -> dict:
-        """Run the image processor; returns its tensors on the model's device and dtype."""
-        inputs = self.processor.image_processor(images=image, input_data_format='channels_last',
-                                                return_tensors='pt')
+    def compile_modules(self) -> dict[str, Any]:
+        """Return the image encoder (transformers' ``get_encoder('image')``), else the model."""
+        encoder = self.model.get_encoder(modality='image')
+        return {'model' if encoder is self.model else type(encoder).__name__: encoder}
+
+    def device_images(self, image: RGBImage | list[RGBImage]) -> Any:
+        """Return an image, or a list of them, as 3xHxW uint8 tensors on the model's device."""
+        if isinstance(image, list):
+            return [to_tensor(each, self.device) for each in image]
+        return to_tensor(image, self.device)
+
+    def pixels(self, image: RGBImage | list[RGBImage]) -> dict:
+        """
+        Run the image processor on the model's device; returns its tensors there, in its dtype.
+
+        ``image``: an HxWx3 array, a 3xHxW tensor (Frame.tensor, already there), or a list of
+        them (one batch). The processors (transformers' torchvision ones) give the same values
+        for the tensor as for the array.
+        """
+        inputs = self.processor.image_processor(
+            images=self.device_images(image), input_data_format='channels_first',
+            device=self.device, return_tensors='pt')
         return {name: value.to(self.device, self.torch_dtype) if value.is_floating_point()
                 else value.to(self.device) for name, value in inputs.items()}
 

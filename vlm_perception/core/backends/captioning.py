@@ -1,11 +1,10 @@
 """Image captioning with BLIP, optionally continuing a text prompt."""
 
-import numpy as np
 import torch
 
 from vlm_perception.core.backends.base import HFBackend
 from vlm_perception.core.backends.blip import generate_text
-from vlm_perception.core.frame import Frame
+from vlm_perception.core.frame import Frame, RGBImage
 
 
 class BlipCaptioner(HFBackend):
@@ -14,7 +13,7 @@ class BlipCaptioner(HFBackend):
     capability = 'caption'
     model_class_name = 'BlipForConditionalGeneration'
 
-    def encode_image(self, image: np.ndarray) -> torch.Tensor:
+    def encode_image(self, image: RGBImage) -> torch.Tensor:
         """Return the vision encoder's hidden states (1, 1 + patches, hidden)."""
         return self.model.vision_model(pixel_values=self.pixels(image)['pixel_values'])[0]
 
@@ -25,7 +24,7 @@ class BlipCaptioner(HFBackend):
         Without one, the ``caption_prompt`` option is continued when set. A caption has at most
         ``caption_max_new_tokens`` tokens, and no more than the decoder's positions leave.
         """
-        image_states = frame.encoding(self.key, self.encode_image)
+        image_states = frame.encoding(self.key, self.encode_image, self.tensor_device)
         prompt = prompt or self.options.caption_prompt
         positions = self.config.text_config.max_position_embeddings
         start = None

@@ -11,6 +11,7 @@ can score high). open_clip holds both kinds; its SigLIP checkpoints are the ones
 """
 
 import math
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -18,8 +19,9 @@ import torch
 
 from vlm_perception.core.backends.base import Backend, HFBackend
 from vlm_perception.core.cache import TextEmbeddingCache
-from vlm_perception.core.frame import Frame
+from vlm_perception.core.frame import Frame, RGBImage
 from vlm_perception.core.loading import load_open_clip
+from vlm_perception.core.onnx_runtime import Encoder, Exportable
 from vlm_perception.core.options import ModelOptions
 from vlm_perception.core.prompts import cached_label_embeddings
 
@@ -48,12 +50,13 @@ class EmbeddingTagger:
 
     key: str
     options: ModelOptions  # tag_templates: labels are embedded through them (prompts.py)
+    tensor_device: str | None  # how encode_image takes the frame (Backend)
 
-    def encode_image(self, image: np.ndarray) -> torch.Tensor:
+    def encode_image(self, image: RGBImage) -> torch.Tensor:
         """Return the normalised (D,) embedding of the whole image."""
         return self.encode_images([image])[0]
 
-    def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
+    def encode_images(self, images: list[RGBImage]) -> torch.Tensor:
         """Return normalised (N, D) embeddings of several RGB images (e.g. detection crops)."""
         raise NotImplementedError
 
@@ -68,7 +71,8 @@ class EmbeddingTagger:
     def scores(self, frame: Frame, labels: list[str],
                text_cache: TextEmbeddingCache) -> np.ndarray:
         """Return the (Q,) scores of the labels for the whole frame (its encoding is kept)."""
-        return self._scores(frame.encoding(self.key, self.encode_image), labels, text_cache)[0]
+        encoding = frame.encoding(self.key, self.encode_image, self.tensor_device)
+        return self._scores(encoding, labels, text_cache)[0]
 
     def crop_scores(self, crops: list[np.ndarray], labels: list[str],
                     text_cache: TextEmbeddingCache) -> np.ndarray:
@@ -101,15 +105,40 @@ def _with_a_short_side(image: np.ndarray, size: int) -> np.ndarray:
     return np.pad(image, [(pad // 2, pad - pad // 2) for pad in pads] + [(0, 0)])
 
 
-class OpenClipClassifier(EmbeddingTagger, Backend):
+class OpenClipImageEncoder(torch.nn.Module):
+    """open_clip's image tower, as exported: (N, 3, S, S) pixels -> (N, D), not normalised."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        """Wrap an open_clip CLIP or CustomTextCLIP."""
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Return the image embeddings of a batch of preprocessed images."""
+        return self.model.encode_image(pixel_values)
+
+
+class OpenClipTextEncoder(OpenClipImageEncoder):
+    """open_clip's text tower, as exported: (N, L) token ids -> (N, D), not normalised."""
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Return the text embeddings of a batch of tokenized texts."""
+        return self.model.encode_text(input_ids)
+
+
+class OpenClipClassifier(Exportable, EmbeddingTagger, Backend):
     """
     An open_clip model: CLIP scores are a softmax over the labels, SigLIP scores a sigmoid each.
 
     open_clip's SigLIP checkpoints (``ViT-B-16-SigLIP`` and the like) are the models with a
-    ``logit_bias``; it decides the score function.
+    ``logit_bias``; it decides the score function. The image and text towers run in torch or,
+    exported, in onnxruntime (``tagger_runtime``, onnx_runtime.py).
     """
 
     capability = 'tags'
+    slot = 'tagger'
+    encoders = {'image_encoder': Encoder(('image_embeddings',)),
+                'text_encoder': Encoder(('text_embeddings',))}
 
     def __init__(self, model_id: str, device: str, dtype: str,
                  options: ModelOptions | None = None) -> None:
@@ -123,13 +152,38 @@ class OpenClipClassifier(EmbeddingTagger, Backend):
         self.model, self.preprocess, self.tokenizer = load_open_clip(
             model_id, device, self.torch_dtype, resize_mode=self.options.tag_resize_mode)
         self.sigmoid = getattr(self.model, 'logit_bias', None) is not None
+        # tensor_device stays None: open_clip's preprocessing is PIL's, on the CPU, and a torch
+        # resize would not give PIL's pixels.
+        self.start_runtime()
 
-    def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
-        """Return normalised (N, D) embeddings of several images (e.g. detection crops)."""
+    def compile_modules(self) -> dict[str, Any]:
+        """Return the image tower, which runs per frame (the text tower per vocabulary)."""
+        return {'visual': self.model.visual}
+
+    def torch_encoder(self, part: str) -> torch.nn.Module:
+        """Return the torch module of the image_encoder or the text_encoder."""
+        return (OpenClipImageEncoder if part == 'image_encoder' else OpenClipTextEncoder)(
+            self.model)
+
+    def encoder_examples(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Return example inputs: two images of other shapes, two labels."""
+        images = [np.zeros((48, 80, 3), np.uint8), np.full((70, 30, 3), 200, np.uint8)]
+        return {'image_encoder': {'pixel_values': self._pixels(images)},
+                'text_encoder': {'input_ids': self._tokens(['a photo of a cup', 'dog'])}}
+
+    def _pixels(self, images: list[np.ndarray]) -> torch.Tensor:
         if self.options.tag_resize_mode == 'longest':
             images = [_with_a_short_side(image, self._input_size) for image in images]
         batch = torch.stack([self.preprocess(Image.fromarray(image)) for image in images])
-        return _normalised(self.model.encode_image(batch.to(self.device, self.torch_dtype)))
+        return batch.to(self.device, self.torch_dtype)  # (N, 3, S, S)
+
+    def _tokens(self, labels: list[str]) -> torch.Tensor:
+        return self.tokenizer(labels).to(self.device)  # (N, L)
+
+    def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Return normalised (N, D) embeddings of several images (e.g. detection crops)."""
+        return _normalised(self.run_encoder('image_encoder',
+                                            pixel_values=self._pixels(images))[0])
 
     @property
     def _input_size(self) -> int:
@@ -138,7 +192,8 @@ class OpenClipClassifier(EmbeddingTagger, Backend):
 
     def encode_text(self, labels: list[str]) -> list[torch.Tensor]:
         """Return one normalised embedding per label."""
-        return list(_normalised(self.model.encode_text(self.tokenizer(labels).to(self.device))))
+        return list(_normalised(self.run_encoder('text_encoder',
+                                                 input_ids=self._tokens(labels))[0]))
 
     def probabilities(self, cosine: torch.Tensor) -> torch.Tensor:
         """Sigmoid per label for a SigLIP model (it has a logit_bias), else softmax over them."""
@@ -159,9 +214,9 @@ class SiglipTagger(EmbeddingTagger, HFBackend):
     capability = 'tags'
     model_class_name = 'SiglipModel'
 
-    def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
+    def encode_images(self, images: list[RGBImage]) -> torch.Tensor:
         """Return normalised (N, D) embeddings; the image processor takes the list as a batch."""
-        inputs = self.pixels(images)  # a list of HxWx3 arrays is one batch
+        inputs = self.pixels(images)  # a list of images (arrays or tensors) is one batch
         return _normalised(self.model.get_image_features(**inputs).pooler_output)
 
     def encode_text(self, labels: list[str]) -> list[torch.Tensor]:

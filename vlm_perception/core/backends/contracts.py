@@ -8,7 +8,7 @@ the Frame. A model that serves several capabilities (a generative VLM answering 
 is one backend object implementing several contracts.
 """
 
-from typing import Protocol, runtime_checkable, Sequence
+from typing import Any, Protocol, runtime_checkable, Sequence
 
 import numpy as np
 
@@ -32,6 +32,19 @@ class Detector(Model, Protocol):
     def detect(self, frame: Frame, labels: list[str], threshold: float,
                text_cache: TextEmbeddingCache) -> list[Detection]:
         """Return the detections scoring threshold or more, best first; labels as given."""
+
+
+@runtime_checkable
+class BatchImageEncoder(Model, Protocol):
+    """
+    Optional beside a contract: the frame encodings of several images in one model call.
+
+    The engine stores each on its Frame (under ``key``), where the capability's own call finds
+    it, so several cameras' frames cost one image-encoder call (Detector: ``detect_many``).
+    """
+
+    def encode_images(self, images: list[np.ndarray]) -> list[Any]:
+        """Return one encoding per HxWx3 uint8 RGB image, each as its Frame would store it."""
 
 
 @runtime_checkable

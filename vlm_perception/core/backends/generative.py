@@ -15,13 +15,12 @@ import inspect
 import math
 from typing import Any
 
-import numpy as np
 import torch
 
 from vlm_perception.core.backends.base import HFBackend
 from vlm_perception.core.backends.decoding import generation_arguments, token_log_probs
 from vlm_perception.core.errors import InputError
-from vlm_perception.core.frame import Frame
+from vlm_perception.core.frame import Frame, RGBImage
 from vlm_perception.core.options import ModelOptions
 
 CAPTION_PROMPT = 'Describe the image in one sentence.'  # unless the caption_prompt option
@@ -67,12 +66,12 @@ class GenerativeVLM(HFBackend):
                     *self.processor.all_special_multimodal_tokens}
         self._reserved = sorted(token for token in reserved if token)
 
-    def encode_image(self, image: np.ndarray) -> VLMImageEncoding:
-        """Run the processor's image part and the vision encoder + connector once."""
+    def encode_image(self, image: RGBImage) -> VLMImageEncoding:
+        """Run the processor's image part (on the model's device) and the vision encoder once."""
         token = self.processor.image_token
-        processed = self.processor(text=[token], images=[image], return_tensors='pt',
-                                   return_text_replacement_offsets=True,
-                                   input_data_format='channels_last')
+        processed = self.processor(text=[token], images=[self.device_images(image)],
+                                   return_tensors='pt', return_text_replacement_offsets=True,
+                                   input_data_format='channels_first', device=self.device)
         placeholder = processed['text_replacement_offsets'][0][0]['replacement']
         image_inputs = {name: self._on_device(value) for name, value in processed.items()
                         if name not in self._text_outputs}
@@ -98,7 +97,7 @@ class GenerativeVLM(HFBackend):
     def generate(self, frame: Frame, text: str, what: str,
                  max_new_tokens: int) -> tuple[str, float]:
         """Continue the chat prompt of text on the frame; return (text, confidence)."""
-        encoding = frame.encoding(self.key, self.encode_image)
+        encoding = frame.encoding(self.key, self.encode_image, self.tensor_device)
         inputs = self.prompt_tokens(encoding, text, what, max_new_tokens)
         output = self.model.generate(
             **inputs, **encoding.image_inputs, mm_encoder_outputs={'image': encoding.features},

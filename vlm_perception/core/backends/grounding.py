@@ -9,6 +9,7 @@ is the asked label whose tokens hold the highest probability among label tokens.
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ import torch
 from vlm_perception.core.backends.base import HFBackend
 from vlm_perception.core.cache import TextEmbeddingCache
 from vlm_perception.core.errors import InputError
-from vlm_perception.core.frame import Frame
+from vlm_perception.core.frame import Frame, image_size, RGBImage
 from vlm_perception.core.geometry import boxes_to_pixels, STRETCH
 from vlm_perception.core.types import Detection
 
@@ -72,9 +73,18 @@ class GroundingDinoDetector(HFBackend):
         """Most prompt tokens, special tokens included, the model reads."""
         return int(self.config.max_text_len)
 
-    def encode_image(self, image: np.ndarray) -> GroundingImageInputs:
+    def compile_modules(self) -> dict[str, Any]:
+        """
+        Return the image backbone (Swin), the part of each prompt's pass that sees only pixels.
+
+        Not the whole model: the prompt's length changes its shapes (a compile per vocabulary),
+        and its deformable attention breaks the graph; compiling it all took a minute.
+        """
+        return {'backbone': self.model.model.backbone}
+
+    def encode_image(self, image: RGBImage) -> GroundingImageInputs:
         """Run the image processor (resize keeping the aspect ratio, normalise)."""
-        return GroundingImageInputs(self.pixels(image), image.shape[0], image.shape[1])
+        return GroundingImageInputs(self.pixels(image), *image_size(image))
 
     def chunks(self, labels: list[str]) -> list[list[str]]:
         """
@@ -147,7 +157,7 @@ class GroundingDinoDetector(HFBackend):
         the image, without boxes of no width or height. ``text_cache`` is unused (see the class).
         """
         del text_cache  # text is fused with the image: nothing per label to reuse
-        image = frame.encoding(self.key, self.encode_image)
+        image = frame.encoding(self.key, self.encode_image, self.tensor_device)
         detections: list[Detection] = []
         for prompt in self.prompts(labels):
             detections += self._detect_prompt(image, prompt, threshold)

@@ -8,6 +8,7 @@ token features the decoder attends to beside the image. Boxes, scores and labels
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from transformers.models.omdet_turbo.modeling_omdet_turbo import OmDetTurboObjec
 from vlm_perception.core.backends.base import HFBackend
 from vlm_perception.core.cache import TextEmbeddingCache
 from vlm_perception.core.errors import InputError
-from vlm_perception.core.frame import Frame
+from vlm_perception.core.frame import Frame, image_size, RGBImage
 from vlm_perception.core.types import Detection
 
 # The processor's default (the model card's example uses 0.3); boxes of one label overlapping a
@@ -84,11 +85,20 @@ class OmDetTurboDetector(HFBackend):
         """Most tokens, special tokens included, of a label or of the task prompt."""
         return int(self.config.text_config.max_position_embeddings)
 
-    def encode_image(self, image: np.ndarray) -> OmDetImageEncoding:
+    def encode_image(self, image: RGBImage) -> OmDetImageEncoding:
         """Run the image processor, the vision backbone and the hybrid encoder."""
         pixel_values = self.pixels(image)['pixel_values']
         encoded = self.model.encoder(self.model.vision_backbone(pixel_values), return_dict=True)
-        return OmDetImageEncoding(list(encoded.extracted_states), image.shape[0], image.shape[1])
+        return OmDetImageEncoding(list(encoded.extracted_states), *image_size(image))
+
+    def compile_modules(self) -> dict[str, Any]:
+        """
+        Return the per-frame modules: vision backbone and hybrid encoder.
+
+        Not the decoder: its shapes follow the label count, so each new vocabulary would
+        compile it again (seconds), and its dynamic-shape graph ran slower than eager.
+        """
+        return {name: getattr(self.model, name) for name in ('vision_backbone', 'encoder')}
 
     def _text_inputs(self, texts: list[str], what: str) -> dict:
         """
@@ -127,7 +137,7 @@ class OmDetTurboDetector(HFBackend):
         and per-label NMS included; it keeps scores strictly above its threshold, so it is given
         the next float below ours) without boxes of no width or height.
         """
-        image = frame.encoding(self.key, self.encode_image)
+        image = frame.encoding(self.key, self.encode_image, self.tensor_device)
         classes = torch.stack(text_cache.get(self.key, labels, self.encode_labels))  # (Q, D)
         task = text_cache.get(self.key, [task_prompt(labels)], self.encode_tasks,
                               variant=TASK_VARIANT)[0]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from vlm_perception.core.backends.base import HFBackend
-from vlm_perception.core.frame import Frame
+from vlm_perception.core.frame import Frame, RGBImage
 from vlm_perception.core.types import Detection
 
 # Boxes decoded together at most: each holds a copy of the image embedding and a full-size
@@ -39,7 +39,7 @@ class SamSegmenter(HFBackend):
     capability = 'segment'
     model_class_name = 'SamModel'
 
-    def encode_image(self, image: np.ndarray) -> SegmentationImageEncoding:
+    def encode_image(self, image: RGBImage) -> SegmentationImageEncoding:
         """Run the image processor and the vision encoder once."""
         inputs = self.pixels(image)
         reshaped = inputs.get('reshaped_input_sizes')
@@ -67,7 +67,7 @@ class SamSegmenter(HFBackend):
         """Return one mono8 mask (255 = object) per detection over its box's pixel_window."""
         if not detections:
             return []
-        encoding = frame.encoding(self.key, self.encode_image)
+        encoding = frame.encoding(self.key, self.encode_image, self.tensor_device)
         result = []
         for start in range(0, len(detections), MAX_BOXES_PER_CALL):
             chunk = detections[start:start + MAX_BOXES_PER_CALL]
