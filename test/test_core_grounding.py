@@ -2,6 +2,7 @@
 
 import re
 
+from detection_checks import assert_same, rows
 import numpy as np
 import pytest
 from tiny_models import build_grounding_dino
@@ -84,18 +85,6 @@ def _reference(folder, image: np.ndarray, labels: list[str], threshold: float) -
     return sorted(expected, key=lambda row: -row[1])
 
 
-def _rows(detections: list[Detection]) -> list[tuple]:
-    return [(d.label, d.score, d.center_x, d.center_y, d.size_x, d.size_y) for d in detections]
-
-
-def _assert_same(found: list[tuple], expected: list[tuple]) -> None:
-    assert len(found) == len(expected)
-    for ours, theirs in zip(found, expected):
-        assert ours[0] == theirs[0]
-        assert abs(ours[1] - theirs[1]) <= 1e-5
-        assert np.allclose(ours[2:], theirs[2:], atol=1e-4, rtol=0)
-
-
 @pytest.mark.parametrize('kind', ['plain', 'mm', 'wide'])
 def test_detections_equal_transformers_post_processing(tiny_preset, grounding_models,
                                                        kind: str) -> None:
@@ -106,10 +95,10 @@ def test_detections_equal_transformers_post_processing(tiny_preset, grounding_mo
         image = _image(height, width)
         frame = engine.frame(image)
         for labels in LABEL_SETS:
-            found = _rows(engine.detect(frame, labels, threshold=THRESHOLD))
+            found = rows(engine.detect(frame, labels, threshold=THRESHOLD))
             expected = _reference(folder, image, labels, THRESHOLD)
             assert expected, 'no box above the threshold: the check would be empty'
-            _assert_same(found, expected)
+            assert_same(found, expected, box_atol=1e-4)
             assert [row[1] for row in found] == sorted((row[1] for row in found), reverse=True)
             clipped += sum(min(cx - w / 2, cy - h / 2) < 1e-3 or cx + w / 2 > width - 1e-3
                            or cy + h / 2 > height - 1e-3 for _, _, cx, cy, w, h in found)
@@ -143,7 +132,7 @@ def test_labels_past_the_text_limit_go_into_further_prompts(tiny_preset,
     separately = sorted((d for chunk in chunks
                          for d in engine.detect(frame, chunk, threshold=THRESHOLD)),
                         key=lambda d: -d.score)
-    _assert_same(_rows(merged), _rows(separately))
+    assert_same(rows(merged), rows(separately), box_atol=1e-4)
 
 
 def test_a_label_too_long_alone_is_refused(tiny_preset, grounding_models) -> None:

@@ -5,6 +5,7 @@ import functools
 import re
 from typing import Iterator
 
+from detection_checks import assert_same, rows
 import numpy as np
 import pytest
 from tiny_models import build_omdet_turbo
@@ -75,18 +76,6 @@ def _reference(result: dict, height: int, width: int) -> list[tuple]:
     return expected
 
 
-def _rows(detections: list[Detection]) -> list[tuple]:
-    return [(d.label, d.score, d.center_x, d.center_y, d.size_x, d.size_y) for d in detections]
-
-
-def _assert_same(found: list[tuple], expected: list[tuple]) -> None:
-    assert len(found) == len(expected)
-    for ours, theirs in zip(found, expected):
-        assert ours[0] == theirs[0]
-        assert abs(ours[1] - theirs[1]) <= 1e-5
-        assert np.allclose(ours[2:], theirs[2:], atol=1e-3, rtol=0)
-
-
 @contextlib.contextmanager
 def calls(*modules: torch.nn.Module) -> Iterator[list[str]]:
     """Record the name of each module's class at each of its forward calls in the block."""
@@ -108,12 +97,12 @@ def test_detections_equal_transformers_post_processing(omdet_models) -> None:
         image = _image(height, width)
         frame = engine.frame(image)
         for labels in LABEL_SETS:
-            found = _rows(engine.detect(frame, labels, threshold=THRESHOLD))
+            found = rows(engine.detect(frame, labels, threshold=THRESHOLD))
             result, unthresholded, unsuppressed = _post_processed(
                 folder, image, labels, ((THRESHOLD, NMS_IOU), (0.0, NMS_IOU), (THRESHOLD, 1.0)))
             expected = _reference(result, height, width)
             assert expected, 'no box above the threshold: the check would be empty'
-            _assert_same(found, expected)
+            assert_same(found, expected, box_atol=1e-3)
             assert [row[1] for row in found] == sorted((row[1] for row in found), reverse=True)
             labels_found |= {row[0] for row in found}
             clipped += sum(min(cx - w / 2, cy - h / 2) < 1e-3 or cx + w / 2 > width - 1e-3
