@@ -11,7 +11,7 @@ from rclpy.node import Node
 from vlm_perception import msg, srv
 
 MESSAGE_TYPES = [msg.Detection, msg.DetectionArray, msg.LabelScore, msg.SceneDescription,
-                 msg.Question, msg.Answer]
+                 msg.Question, msg.Answer, msg.SceneMemory]
 
 
 class EchoPeer(Node):

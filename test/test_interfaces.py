@@ -12,6 +12,7 @@ msg = pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (
 srv = pytest.importorskip('vlm_perception.srv', reason='needs the colcon build (make build)')
 Point = pytest.importorskip('geometry_msgs.msg').Point
 Header = pytest.importorskip('std_msgs.msg').Header
+CompressedImage = pytest.importorskip('sensor_msgs.msg').CompressedImage
 
 
 def sample_detection(label: str = 'red cup') -> 'msg.Detection':
@@ -51,6 +52,15 @@ def sample_messages() -> list:
         srv.Locate.Request(query='red cup', max_age=0.5, camera='right'),
         srv.QueryScene.Response(success=True, message='ok', answer='a cup', confidence=0.5,
                                 scene=sample_scene()),
+        msg.SceneMemory(header=sample_header(), source='/robot1/vlm_perception:left',
+                        score=0.625, caption='a red cup', detections=[sample_detection()],
+                        thumbnail=CompressedImage(header=sample_header(), format='jpeg',
+                                                  data=b'\xff\xd8\xff')),
+        srv.Recall.Request(query='red cup', max_results=5, since=sample_header().stamp,
+                           until=sample_header().stamp, source='/vlm_perception',
+                           thumbnails=True),
+        srv.Recall.Response(success=True, message='1 matches', matches=[msg.SceneMemory(
+            header=sample_header(), score=1.0, detections=[sample_detection()])]),
         srv.SetLabels.Request(labels=['cup', 'person']),
         srv.SetLabels.Response(success=True, message='2 labels', labels=['cup', 'person']),
     ]

@@ -132,6 +132,13 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def _vector(encoding: Any) -> np.ndarray:
+    """Return a (D,) float32 array of an embedding (a torch tensor or an array)."""
+    if hasattr(encoding, 'detach'):
+        encoding = encoding.detach().float().cpu().numpy()
+    return np.ascontiguousarray(encoding, dtype=np.float32).reshape(-1)
+
+
 class PerceptionEngine:
     """Detection, masks, tags, VQA, captions and scene descriptions of RGB frames."""
 
@@ -500,6 +507,42 @@ class PerceptionEngine:
             return backend.scores(frame, labels, self._text_cache)
 
         return self._ranked(labels, self._run('tags', frame, work, backend, what), top_k)
+
+    def scene_embedding(self, frame: Frame) -> np.ndarray | None:
+        """
+        Return the tag model's normalised embedding of the whole frame, as ``tags`` kept it.
+
+        Never encodes (no extra model pass): None when no tagger is loaded, when it keeps no
+        frame embedding (not an embedding tagger), or when tags did not run on this frame.
+        """
+        backend = self._backends.get('tags')
+        key = getattr(backend, 'key', None)
+        if key is None or not hasattr(backend, 'encode_image') or not frame.has_encoding(key):
+            return None
+        # the same key returns the kept encoding, so encode_image is not called
+        return _vector(frame.encoding(key, backend.encode_image))
+
+    def text_embedding(self, text: str) -> np.ndarray | None:
+        """
+        Return the tag model's normalised embedding of a text, as it embeds a tag label.
+
+        Through the ``tag_templates`` option and the text cache, so a repeated text is encoded
+        once. None when no embedding tagger is loaded (no model is loaded for it).
+        """
+        text = clean_text(text, 'query')
+        backend = self._backends.get('tags')
+        if not hasattr(backend, 'encode_text') or getattr(backend, 'key', None) is None:
+            return None
+
+        def work(backend: Any) -> Any:
+            # here, not at import: prompts imports torch, which the engine loads only for models
+            from vlm_perception.core.prompts import cached_label_embeddings
+
+            return cached_label_embeddings(self._text_cache, backend.key, [text],
+                                           backend.options.tag_templates,
+                                           backend.encode_text)[0]
+
+        return _vector(self._run('tags', [], work, backend, what='text embedding'))
 
     def classify_crops(self, frame: np.ndarray | Frame, detections: Sequence[Detection],
                        labels: Iterable[str] | str | None = None) -> list[LabelScore]:

@@ -14,6 +14,7 @@ From a shell (no ros2 CLI needed; each command starts a short-lived client node)
 
     vlm-perception query "What colour is the circle?" --labels "red circle,blue square"
     vlm-perception locate "red circle" --max-age 1.0 --camera left
+    vlm-perception recall "red circle" --max-results 5
     vlm-perception watch --count 5
     vlm-perception labels "cup,person,chair"
     vlm-perception ask-topic "How many shapes are there?" --namespace robot1
@@ -79,7 +80,7 @@ def _expired(deadline: Optional[float]) -> bool:
 
 class PerceptionClient:
     """
-    Blocking calls to a perception_node: query, ask, locate, set_labels, latest_scene.
+    Blocking calls to a perception_node: query, ask, locate, recall, set_labels, latest_scene.
 
     With ``node`` None the client makes a private node (``vlm_perception_client_<hex>`` in
     ``namespace``) and a private executor that only it spins; call ``rclpy.init()`` first.
@@ -183,6 +184,21 @@ class PerceptionClient:
         """
         request = srv.Locate.Request(query=query, max_age=float(max_age), camera=camera)
         return self._call(srv.Locate, 'locate', request, timeout)
+
+    def recall(self, query: str, max_results: int = 0, since_ns: int = 0, until_ns: int = 0,
+               source: str = '', thumbnails: bool = False,
+               timeout: float = 10.0) -> srv.Recall.Response:
+        """
+        Return the remembered scenes that match a text, best first (recall service).
+
+        ``max_results`` 0 = 10; ``since_ns`` / ``until_ns`` bound the stamps (0 = unbounded);
+        ``source`` keeps one node or camera's scenes (empty = any). PerceptionError when the
+        node refuses (not active, bad query).
+        """
+        request = srv.Recall.Request(query=query, max_results=int(max_results),
+                                     since=_time(since_ns), until=_time(until_ns),
+                                     source=source, thumbnails=thumbnails)
+        return self._call(srv.Recall, 'recall', request, timeout)
 
     def set_labels(self, labels: Sequence[str], timeout: float = 10.0) -> list[str]:
         """Replace the detection vocabulary; return the vocabulary now in force."""
@@ -386,6 +402,38 @@ def _locate(args: argparse.Namespace) -> int:
     return _run(args, command)
 
 
+def _time(stamp_ns: int) -> Any:
+    """Return the builtin_interfaces Time of nanoseconds (0: zero, unbounded)."""
+    from builtin_interfaces.msg import Time as TimeMsg
+
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    return TimeMsg(sec=sec, nanosec=nanosec)
+
+
+def _recall(args: argparse.Namespace) -> int:
+    def command(client: PerceptionClient) -> int:
+        response = client.recall(args.query, args.max_results, timeout=args.timeout)
+        if args.json:
+            matches = [{'stamp': _stamp(match.header), 'frame_id': match.header.frame_id,
+                        'source': match.source, 'score': match.score, 'caption': match.caption,
+                        'detections': [detection_from_msg(d).to_dict()
+                                       for d in match.detections]}
+                       for match in response.matches]
+            print(json.dumps({'success': response.success, 'message': response.message,
+                              'matches': matches}, ensure_ascii=False))
+            return 0
+        for match in response.matches:
+            labels = ', '.join(d.label for d in match.detections)
+            print(f'[{_stamp(match.header)}] {match.source} score {match.score:.3f}'
+                  + (f' ({labels})' if labels else '')
+                  + (f': {match.caption}' if match.caption else ''))
+        if not response.matches:
+            print(f'nothing remembered matches {args.query!r}')
+        return 0
+
+    return _run(args, command)
+
+
 def _set_labels(args: argparse.Namespace) -> int:
     def command(client: PerceptionClient) -> int:
         try:
@@ -452,7 +500,7 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ROS subcommands: query, locate, watch, labels, ask-topic."""
+    """Add the ROS subcommands: query, locate, recall, watch, labels, ask-topic."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument('--namespace', '-n', default='',
                         help='namespace of the perception node (default: the root)')
@@ -482,6 +530,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     locate.add_argument('query', help='what to find, e.g. "red cup"')
     locate.add_argument('--max-age', type=float, default=0.0,
                         help='fail if the latest frame is older than this many seconds')
+
+    recall = add('recall', 'list remembered scenes that match a text, best first (recall '
+                 'service)', 30.0, _recall, camera_help='')
+    recall.add_argument('query', help='what to look for, e.g. "red circle"')
+    recall.add_argument('--max-results', type=int, default=0,
+                        help='most matches (default: 0 = 10)')
 
     watch = add('watch', 'print scene summaries and answers as the node publishes them', 0.0,
                 _watch, camera_help='print the scenes of this camera (N/scene); default: the '

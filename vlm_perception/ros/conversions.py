@@ -20,6 +20,7 @@ from vlm_perception.core import image as core_image
 from vlm_perception.core import types
 from vlm_perception.core.depth import depth_from_raw, DepthImage, PinholeCamera, RigidTransform
 from vlm_perception.core.errors import InputError
+from vlm_perception.core.memory.entries import MemoryMatch
 from vlm_perception.ros.diagnostics import DiagnosticReport, ERROR, OK, WARN
 from vlm_perception.ros.stream import check_image_size
 from vlm_perception.ros.visualization import label_colour
@@ -155,6 +156,25 @@ def detection_from_msg(detection: msg.Detection) -> types.Detection:
     return types.Detection(detection.label, detection.score, detection.center_x,
                            detection.center_y, detection.size_x, detection.size_y, position, size,
                            mask_from_image(detection.mask))
+
+
+def stamp_from_ns(stamp_ns: int) -> Time:
+    """Return the builtin_interfaces Time of nanoseconds since the epoch."""
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    return Time(sec=sec, nanosec=nanosec)
+
+
+def memory_match_to_msg(match: MemoryMatch) -> msg.SceneMemory:
+    """Convert a recalled scene; its thumbnail (format jpeg) only where it was asked for."""
+    header = Header(stamp=stamp_from_ns(match.stamp_ns), frame_id=match.frame_id)
+    result = msg.SceneMemory(header=header, source=match.source, score=float(match.score),
+                             caption=match.caption,
+                             detections=[detection_to_msg(item, header)
+                                         for item in match.detections])
+    if match.thumbnail_jpeg:
+        result.thumbnail = CompressedImage(header=header, format='jpeg',
+                                           data=match.thumbnail_jpeg)
+    return result
 
 
 def detections_to_msg(detections: Sequence[types.Detection], header: Header) -> msg.DetectionArray:

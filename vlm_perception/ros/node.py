@@ -48,13 +48,17 @@ Services (query, locate and questions take a camera name; empty = the first came
     set_labels (vlm_perception/SetLabels): replace the detection vocabulary (sets labels).
     locate (vlm_perception/Locate): find one phrase in the latest frame and place it in 3D;
         the point in target_frame (through tf2) when set, else the camera frame.
+    recall (vlm_perception/Recall): the remembered scenes (memory_* parameters) that match a
+        text, best first: exact detected labels, then by tag-model embedding.
 
     Lifecycle (rclpy.lifecycle): change_state, get_state and the other managed-node services.
         With autostart (default) the node configures and activates itself at start.
 
 Parameters (declared in vlm_perception.ros.parameters, defaults in config/params.yaml):
     device, dtype, cameras, compressed, image_reliability, warmup, compile, autostart,
-    use_depth, max_pending_queries, max_pending_questions, tag_resize_mode (read-only); preset,
+    use_depth, max_pending_queries, max_pending_questions, tag_resize_mode, memory_path,
+    memory_url, memory_max_entries, memory_max_bytes, memory_period, memory_change,
+    memory_queue (read-only); preset,
     detector_model, tagger_model, vqa_model, captioner_model, segmenter_model (one per slot of
     vlm_perception.core.slots; settable at run time: the new model loads beside the one
     serving and is swapped in when ready; if it fails the old one stays and the parameter is
@@ -73,6 +77,7 @@ Environment (test and diagnosis hooks, never parameters; unset in normal use):
 """
 
 from contextlib import contextmanager
+import dataclasses
 import difflib
 from functools import partial
 import os
@@ -103,6 +108,8 @@ from vlm_perception import msg, srv
 from vlm_perception.core.depth import RigidTransform
 from vlm_perception.core.engine import clean_labels, clean_text, EngineConfig, PerceptionEngine
 from vlm_perception.core.errors import InputError, ModelLoadError, OutOfMemory
+from vlm_perception.core.memory import (MemoryConfig, MemoryEntry, MemoryStoreError,
+                                        SceneMemory)
 from vlm_perception.core.options import ModelOptions, OPTION_NAMES
 from vlm_perception.core.summary import summarize
 from vlm_perception.core.types import Detection, SceneDescription
@@ -219,6 +226,10 @@ class PerceptionNode(LifecycleNode):
         self._tf_listener = (tf2_ros.TransformListener(self._tf_buffer, self)
                              if tf2_ros is not None else None)
         self._engine: Optional[PerceptionEngine] = None  # made and loaded by configure
+        self._memory: Optional[SceneMemory] = None  # opened by configure (and activate)
+        self._memory_lock = threading.Lock()  # open and close against the stream and recall
+        self._memory_closed = {'written': 0, 'dropped': 0}  # of the memories closed so far
+        self._warned_no_embedding = False
         self.stats.model_state = 'unconfigured'
 
         # Inference on the stream runs in a thread of its own, which the executor never schedules:
@@ -258,6 +269,8 @@ class PerceptionNode(LifecycleNode):
         self.create_service(srv.QueryScene, 'query', self._on_query, qos_profile=requests,
                             callback_group=request_group)
         self.create_service(srv.Locate, 'locate', self._on_locate, qos_profile=requests,
+                            callback_group=request_group)
+        self.create_service(srv.Recall, 'recall', self._on_recall, qos_profile=requests,
                             callback_group=request_group)
         self.create_service(srv.SetLabels, 'set_labels', self._on_set_labels,
                             callback_group=control_group)
@@ -324,10 +337,12 @@ class PerceptionNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Make the engine and load (and warm up) the stream's models; FAILURE if they fail."""
         try:
+            self._open_memory()  # first: a bad memory_* fails before minutes of model loading
             self._engine = PerceptionEngine(self._engine_config())
             self._load_models()
         except (ModelLoadError, OutOfMemory, InputError) as error:
             self._engine = None
+            self._close_memory()
             self.configure_error = error
             self.stats.model_state = f'failed: {error}'
             if not self._value('autostart'):  # with autostart, main() says it and exits
@@ -342,6 +357,11 @@ class PerceptionNode(LifecycleNode):
         result = super().on_activate(state)
         if result != TransitionCallbackReturn.SUCCESS:
             return result
+        try:
+            self._open_memory()  # again after a deactivate closed it
+        except InputError as error:
+            self.get_logger().error(f'activate failed: {error}')
+            return TransitionCallbackReturn.FAILURE
         self._subscribe_images()
         for camera in self._cameras:  # image_timeout counts from now, not from the model load
             camera.stats.expect_images()
@@ -353,11 +373,13 @@ class PerceptionNode(LifecycleNode):
         """Unsubscribe and stop inference after the frame in hand; the models stay loaded."""
         self._state = 'inactive'
         self._pause()
+        self._close_memory()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Unload the models and forget the frames."""
         self._unload()
+        self._close_memory()
         self._state = 'unconfigured'
         return super().on_cleanup(state)
 
@@ -365,6 +387,7 @@ class PerceptionNode(LifecycleNode):
         """Stop what runs and unload, from whatever state."""
         self._state = 'finalized'
         self._pause()
+        self._close_memory()
         self._unload()
         return super().on_shutdown(state)
 
@@ -393,6 +416,83 @@ class PerceptionNode(LifecycleNode):
         loaded = ', '.join(f'{cap}: {model}' for cap, model in self._engine.loaded.items())
         self.get_logger().info(f'ready on {self._engine.device} ({loaded}); '
                                f'labels: {", ".join(self._engine.labels)}')
+
+    def _open_memory(self) -> None:
+        """Open the scene memory the memory_* parameters name; InputError saying why not."""
+        with self._memory_lock:
+            if self._memory is not None:
+                return
+            config = MemoryConfig(
+                path=self._value('memory_path'), url=self._value('memory_url'),
+                max_entries=self._value('memory_max_entries'),
+                max_bytes=self._value('memory_max_bytes'),
+                period_s=self._value('memory_period'), change=self._value('memory_change'),
+                queue=self._value('memory_queue'))
+            try:
+                self._memory = SceneMemory(config)
+            except MemoryStoreError as error:  # a database problem is the parameters' to fix
+                raise InputError(f'scene memory: {error}') from error
+            self.get_logger().info(f'scene memory: {self._memory.store.description}')
+
+    def _close_memory(self) -> None:
+        """Flush the memory's queue (at most 2 s; the rest is dropped and counted), close it."""
+        with self._memory_lock:
+            memory, self._memory = self._memory, None
+            if memory is None:
+                return
+            dropped = memory.close(timeout=2.0)
+            stats = memory.stats()
+            self._memory_closed['written'] += stats['written']
+            self._memory_closed['dropped'] += stats['dropped']
+        if dropped:
+            self.get_logger().warning(f'scene memory closed: {dropped} scenes not written')
+
+    def _memory_values(self) -> dict[str, str]:
+        """Return the memory's diagnostics values: scenes written and dropped (all so far)."""
+        memory = self._memory
+        none = {'written': 0, 'dropped': 0, 'pending': 0}
+        stats = memory.stats() if memory is not None else none
+        return {'memory written': str(self._memory_closed['written'] + stats['written']),
+                'memory dropped': str(self._memory_closed['dropped'] + stats['dropped']),
+                'memory pending': str(stats['pending'])}
+
+    def _remember(self, camera: CameraStream, frame: SourceFrame, engine_frame: Any,
+                  scene: SceneDescription) -> None:
+        """Offer a refreshed scene to the memory (queued: the stream never waits for it)."""
+        memory, engine = self._memory, self._engine
+        if memory is None or engine is None:
+            return
+        if frame.stamp_ns < 0:  # before 1970: no time window could find it
+            self.get_logger().warning('scene not remembered: its image stamp is negative',
+                                      throttle_duration_sec=10.0)
+            return
+        # the tagger's kept encoding of this frame: no model pass of its own
+        embedding = (engine.scene_embedding(engine_frame) if 'tags' in self._capabilities
+                     else None)
+        if embedding is None and not self._warned_no_embedding:
+            self._warned_no_embedding = True
+            self.get_logger().warning('scene memory without tag embeddings (tags not in '
+                                      'capabilities, or a tagger without them): recall '
+                                      'matches detected labels only')
+        frame_id, detections = frame.header.frame_id, scene.detections
+        if self._depth['target_frame'] and any(item.position is not None
+                                               for item in detections):
+            try:
+                frame_id, transform = self._target(frame.header)
+            except LocateFailure:
+                transform = conversions.IDENTITY  # positions stay in the camera frame
+                frame_id = frame.header.frame_id
+            if transform is not conversions.IDENTITY:
+                detections = [dataclasses.replace(item, position=transform.apply(item.position))
+                              if item.position is not None else item for item in detections]
+        source = self.get_fully_qualified_name() + (f':{camera.name}' if camera.name else '')
+        entry = MemoryEntry(
+            stamp_ns=frame.stamp_ns, frame_id=frame_id, source=source, caption=scene.caption,
+            tags=[(tag.label, float(tag.score)) for tag in scene.tags],
+            detections=[dataclasses.replace(item, mask=None) for item in detections],
+            embedding=embedding,
+            tagger_model_id=engine.model_ids['tags'] if embedding is not None else '')
+        memory.offer(entry, frame.rgb)
 
     def _pause(self) -> None:
         """Stop taking images and wait for the frame being processed (the stream then waits)."""
@@ -426,6 +526,7 @@ class PerceptionNode(LifecycleNode):
         self._frame_ready.set()
         if self._stream_thread.is_alive():
             self._stream_thread.join(timeout=STOP_JOIN_S)
+        self._close_memory()  # after the stream: its last scenes are flushed too
         if self._question_worker.is_alive():
             try:
                 self._questions.put_nowait(None)  # the worker's signal to end
@@ -802,6 +903,8 @@ class PerceptionNode(LifecycleNode):
             camera.scene_pub.publish(conversions.scene_to_msg(scene, frame.header))
             camera.scene_text_pub.publish(String(data=scene.summary))
             camera.markers_pub.publish(conversions.summary_marker(scene.summary, frame.header))
+            with self._guarded('memory', stats):
+                self._remember(camera, frame, engine_frame, scene)
         if camera.annotated_pub.get_subscription_count() > 0:
             camera.annotated_pub.publish(conversions.rgb_to_image(
                 annotate(frame.rgb, detections, camera.caption), frame.header))
@@ -962,6 +1065,32 @@ class PerceptionNode(LifecycleNode):
         response.point = PointStamped(header=Header(stamp=frame.header.stamp, frame_id=frame_id),
                                       point=Point(x=x, y=y, z=z))
         response.success, response.message = True, f'image {age:.2f} s old'
+
+    def _on_recall(self, request: srv.Recall.Request,
+                   response: srv.Recall.Response) -> srv.Recall.Response:
+        return self._serve('recall', self._recall, request, response)
+
+    def _recall(self, request: srv.Recall.Request, response: srv.Recall.Response) -> None:
+        query = clean_text(request.query, 'query')
+        engine = self._active_engine()
+        memory = self._memory
+        if memory is None:
+            raise NotActive('no scene memory open')
+        # embedded once, through tag_templates as the tag labels are; None: labels only
+        embedding = self._timed('recall embedding', engine.text_embedding, query)
+        try:
+            matches = self._timed(
+                'recall', memory.recall, query, embedding,
+                engine.model_ids['tags'] if embedding is not None else '',
+                int(request.max_results), conversions.stamp_ns(request.since),
+                conversions.stamp_ns(request.until), request.source, request.thumbnails)
+        except MemoryStoreError as error:
+            self.stats.record_error('memory')
+            response.message = f'scene memory: {error}'
+            return
+        response.matches = [conversions.memory_match_to_msg(match) for match in matches]
+        response.success = True
+        response.message = f'{len(matches)} matches in {memory.store.description}'
 
     def _on_set_labels(self, request: srv.SetLabels.Request,
                        response: srv.SetLabels.Response) -> srv.SetLabels.Response:
@@ -1137,7 +1266,9 @@ class PerceptionNode(LifecycleNode):
         """Publish the node's status and, with several cameras, one per camera."""
         with self._guarded('diagnostics'):
             name = self.get_fully_qualified_name()
-            reports = [(f'{name}: perception', self.stats.report())]
+            report = self.stats.report()
+            report.values.update(self._memory_values())
+            reports = [(f'{name}: perception', report)]
             reports += [(f'{name}: camera {camera.name}', camera.stats.report())
                         for camera in self._cameras if camera.name]
             self._diagnostics_pub.publish(conversions.diagnostic_statuses(

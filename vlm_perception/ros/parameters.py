@@ -137,6 +137,30 @@ SPECS: tuple[ParameterSpec, ...] = (
     ParameterSpec('tf_timeout', 'double', 0.1,
                   'Seconds to wait for the transform to target_frame at an image stamp.',
                   limits=(0.0, 10.0)),
+    ParameterSpec('memory_path', 'string', '',
+                  'Scene memory SQLite file (the recall service); empty = in memory only '
+                  '(lost at deactivate), unless memory_url is set.', read_only=True),
+    ParameterSpec('memory_url', 'string', '',
+                  'Scene memory PostgreSQL URL (postgresql://user@host/db) for a fleet; no '
+                  'password in it (PGPASSWORD or ~/.pgpass). Not with memory_path.',
+                  read_only=True),
+    ParameterSpec('memory_max_entries', 'integer', 10000,
+                  'Most scenes remembered; the oldest are evicted first.',
+                  limits=(1, 100_000_000), read_only=True),
+    ParameterSpec('memory_max_bytes', 'integer', 268435456,
+                  'Most bytes of remembered scenes (thumbnails, embeddings, text); the oldest '
+                  'are evicted first.', limits=(1, 2 ** 62), read_only=True),
+    ParameterSpec('memory_period', 'double', 30.0,
+                  'Seconds after which a scene is remembered even when it did not change.',
+                  limits=(0.0, 86400.0), read_only=True),
+    ParameterSpec('memory_change', 'double', 0.1,
+                  'Cosine distance of the tag embedding from the last remembered scene that '
+                  'makes a scene new (a changed set of detected labels does too).',
+                  limits=(0.0, 2.0), read_only=True),
+    ParameterSpec('memory_queue', 'integer', 64,
+                  'Scenes waiting to be written at most; more are dropped (and counted), so '
+                  'the stream never waits for the database.', limits=(1, 100000),
+                  read_only=True),
 )
 
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
