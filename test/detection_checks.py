@@ -17,3 +17,15 @@ def assert_same(found: list[tuple], expected: list[tuple], box_atol: float) -> N
         assert ours[0] == theirs[0]
         assert abs(ours[1] - theirs[1]) <= 1e-5
         assert np.allclose(ours[2:], theirs[2:], atol=box_atol, rtol=0)
+
+
+def assert_well_formed(detections: list[Detection], labels: list[str], width: int,
+                       height: int) -> None:
+    """Assert some detections of the labels, best first, scores 0..1, boxes inside the image."""
+    assert detections and all(isinstance(d, Detection) for d in detections)
+    assert {d.label for d in detections} <= set(labels)
+    assert [d.score for d in detections] == sorted((d.score for d in detections), reverse=True)
+    for detection in detections:
+        assert isinstance(detection.score, float) and 0.0 <= detection.score <= 1.0
+        x0, y0, x1, y1 = detection.box
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height

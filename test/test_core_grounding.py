@@ -2,7 +2,7 @@
 
 import re
 
-from detection_checks import assert_same, rows
+from detection_checks import assert_same, assert_well_formed, rows
 import numpy as np
 import pytest
 from tiny_models import build_grounding_dino
@@ -11,7 +11,6 @@ import transformers
 
 from vlm_perception.core.engine import EngineConfig, PerceptionEngine
 from vlm_perception.core.errors import InputError
-from vlm_perception.core.types import Detection
 
 RNG = np.random.default_rng(11)
 THRESHOLD = 0.3  # the random tiny models score boxes all over 0..1
@@ -152,13 +151,7 @@ def test_engine_detects_with_grounding_dino(tiny_preset, grounding_models) -> No
     encode = backend.encode_image
     backend.encode_image = lambda image: encodings.append(1) or encode(image)
     detections = engine.detect(frame, threshold=0.0)
-    assert detections and all(isinstance(d, Detection) for d in detections)
-    assert {d.label for d in detections} <= set(engine.labels)
-    assert [d.score for d in detections] == sorted((d.score for d in detections), reverse=True)
-    for detection in detections:
-        assert isinstance(detection.score, float) and 0.0 <= detection.score <= 1.0
-        x0, y0, x1, y1 = detection.box
-        assert 0 <= x0 < x1 <= 70 and 0 <= y0 < y1 <= 40
+    assert_well_formed(detections, engine.labels, 70, 40)
     asked = ['Red car', 'dog']
     assert {d.label for d in engine.detect(frame, asked, threshold=0.0)} <= set(asked)
     assert len(encodings) == 1  # the frame's preprocessing serves every label set

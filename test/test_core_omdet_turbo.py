@@ -5,7 +5,7 @@ import functools
 import re
 from typing import Iterator
 
-from detection_checks import assert_same, rows
+from detection_checks import assert_same, assert_well_formed, rows
 import numpy as np
 import pytest
 from tiny_models import build_omdet_turbo
@@ -14,7 +14,6 @@ import transformers
 
 from vlm_perception.core.engine import EngineConfig, PerceptionEngine
 from vlm_perception.core.errors import InputError
-from vlm_perception.core.types import Detection
 
 RNG = np.random.default_rng(5)
 THRESHOLD = 0.5  # the tiny model's scores lie around 0.5
@@ -179,12 +178,6 @@ def test_engine_detects_with_omdet_turbo(omdet_models) -> None:
     engine = _engine(omdet_models['plain'])
     frame = engine.frame(_image(40, 70))
     detections = engine.detect(frame, threshold=0.0)
-    assert detections and all(isinstance(d, Detection) for d in detections)
-    assert {d.label for d in detections} <= set(engine.labels)
-    assert [d.score for d in detections] == sorted((d.score for d in detections), reverse=True)
-    for detection in detections:
-        assert isinstance(detection.score, float) and 0.0 <= detection.score <= 1.0
-        x0, y0, x1, y1 = detection.box
-        assert 0 <= x0 < x1 <= 70 and 0 <= y0 < y1 <= 40
+    assert_well_formed(detections, engine.labels, 70, 40)
     asked = ['Red car', 'dog']
     assert {d.label for d in engine.detect(frame, asked, threshold=0.0)} <= set(asked)
