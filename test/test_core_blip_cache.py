@@ -1,4 +1,4 @@
-"""BLIP VQA caches the question encoder's cross-attention keys/values on the frame."""
+"""BLIP VQA caches the question encoder's cross-attention keys/values on the frame; batches."""
 
 import contextlib
 import pathlib
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlm_perception.core.backends.blip import generate_text
+from vlm_perception.core.backends.blip import generate_texts
 from vlm_perception.core.engine import EngineConfig, PerceptionEngine
 from vlm_perception.core.errors import OutOfMemory
 from vlm_perception.core.options import ModelOptions
@@ -47,9 +47,9 @@ def _uncached(engine: PerceptionEngine, states: torch.Tensor,
             encoder_hidden_states=states,
             encoder_attention_mask=torch.ones(states.shape[:-1], dtype=torch.long),
             return_dict=False)[0]
-        return generate_text(backend.model.text_decoder, backend.config.text_config,
-                             question_states, backend.tokenizer, None,
-                             backend.options.vqa_max_new_tokens, backend.options)
+        return generate_texts(backend.model.text_decoder, backend.config.text_config,
+                              question_states, None, backend.tokenizer, None,
+                              backend.options.vqa_max_new_tokens, backend.options)[0]
 
 
 def _generate(folder: pathlib.Path, image: np.ndarray, question: str, **generation: object) -> str:
@@ -131,8 +131,13 @@ def test_questions_leave_the_frames_keys_and_values_as_they_were(
     before = [(keys.clone(), values.clone()) for keys, values in encoding.keys_values]
     first, second = encoding.cache(), encoding.cache()
     assert first is not second and first.self_attention_cache.get_seq_length() == 0
-    assert all(layer.keys is keys for layer, (keys, _) in
-               zip(first.cross_attention_cache.layers, encoding.keys_values))  # shared, no copy
+    batch = encoding.cache(3)
+    for cache, size in ((first, 1), (batch, 3)):
+        for layer, (keys, values) in zip(cache.cross_attention_cache.layers,
+                                         encoding.keys_values):  # views of the frame's, no copy
+            assert layer.keys.shape[0] == layer.values.shape[0] == size
+            assert layer.keys.data_ptr() == keys.data_ptr()
+            assert layer.values.data_ptr() == values.data_ptr()
     for question in QUESTIONS:
         engine.answer(frame, question)
     assert _encoding(engine, frame) is encoding
@@ -168,3 +173,34 @@ def test_out_of_memory_drops_the_keys_and_values_and_the_next_answer_is_right(
         assert engine.answer(frame, QUESTIONS[2]) == engine.answer(image, QUESTIONS[2])
     # projected again for the frame after the failure, and once for the new frame
     assert len(calls) == 4 * len(model.text_encoder.encoder.layer)
+
+
+@pytest.mark.parametrize('options', OPTIONS)
+@pytest.mark.parametrize('answerer', ['vqa_blip', 'vqa_vilt'])
+def test_questions_answered_together_equal_each_answered_alone(
+        tiny_preset: pathlib.Path, tiny_models: dict, options: dict, answerer: str) -> None:
+    # the questions have different lengths: padded together, each must still be its own
+    engine = PerceptionEngine(EngineConfig(preset=str(tiny_preset), device='cpu',
+                                           vqa_model=str(tiny_models[answerer]),
+                                           options=ModelOptions(**options)))
+    image = _image(6)
+    alone = [engine.answer(image, question) for question in QUESTIONS]
+    frame = engine.frame(image)
+    together = engine.answer_many(frame, QUESTIONS)
+    assert [answer.question for answer in together] == QUESTIONS
+    for mine, expected in zip(together, alone):
+        assert mine.answer == expected.answer
+        assert mine.confidence == pytest.approx(expected.confidence, abs=1e-5)
+    assert engine.answer_many(frame, QUESTIONS[2:3])[0] == engine.answer(frame, QUESTIONS[2])
+    assert engine.answer_many(frame, []) == []
+
+
+def test_one_bad_question_fails_the_batch_with_its_reason(tiny_preset: pathlib.Path,
+                                                          tiny_models: dict) -> None:
+    from vlm_perception.core.errors import InputError
+
+    engine = _engine(tiny_preset, tiny_models, vqa_max_new_tokens=3)
+    with pytest.raises(InputError, match='question too long'):
+        engine.answer_many(_image(1), [QUESTIONS[0], 'cup ' * 100])
+    with pytest.raises(InputError):
+        engine.answer_many(_image(1), [QUESTIONS[0], '   '])

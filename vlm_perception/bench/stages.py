@@ -2,12 +2,15 @@
 The engine's time per capability and per stage, on the same frames, with real-size models.
 
 Stages are timed by wrapping a loaded backend's own steps on the instance (the model code is
-unchanged): ``preprocessing`` (the image processor, or open_clip's transform), ``image encoder``
-(the rest of ``encode_image`` / ``encode_images``), ``text encoder`` (``encode_text``: 0 once a
-vocabulary is cached), ``heads + post-processing`` (the rest of the request), plus ``image
-conversion`` (a sensor_msgs/Image to RGB, as the node converts, or the Frame's checks without
-ROS) and ``publishing`` (the result to its message and serialised, where ROS is importable).
-Times are exclusive: a stage nested in another is not counted twice.
+unchanged; STEPS names them): ``preprocessing`` (the transformers image processor however the
+backend calls it, or open_clip's transform), ``image encoder`` (the rest of ``encode_image`` /
+``encode_images``, or the image backbone inside a model that runs image and text in one pass,
+Grounding DINO's), ``text encoder`` (``encode_text``: 0 once a vocabulary is cached; or such a
+model's text backbone, run every request), ``heads + post-processing`` (the rest of the request:
+fusion and heads, the generation of a VLM, mask decoding), plus ``image conversion`` (a
+sensor_msgs/Image to RGB, as the node converts, or the Frame's checks without ROS) and
+``publishing`` (the result to its message and serialised, where ROS is importable). Times are
+exclusive: a stage nested in another is not counted twice.
 """
 
 from contextlib import contextmanager
@@ -20,6 +23,19 @@ import numpy as np
 STAGES = ('image conversion', 'preprocessing', 'image encoder', 'text encoder',
           'heads + post-processing', 'publishing')
 REQUEST = 'heads + post-processing'  # what is left of a request once the wrapped steps are out
+# (dotted path from the backend, stage): the steps timed where the backend has them. A module's
+# step is its forward; an object's (the image processor) its calls, its attributes left as they
+# are. A step nested in another of the same stage adds nothing.
+STEPS = (
+    ('processor.image_processor', 'preprocessing'),  # transformers, called by the processor too
+    ('pixels', 'preprocessing'),                     # HFBackend: to the device, then the above
+    ('preprocess', 'preprocessing'),                 # open_clip's transform
+    ('encode_image', 'image encoder'),
+    ('encode_images', 'image encoder'),
+    ('model.model.backbone.forward', 'image encoder'),      # Grounding DINO's Swin
+    ('encode_text', 'text encoder'),
+    ('model.model.text_backbone.forward', 'text encoder'),  # Grounding DINO's BERT
+)
 TARGET_BOXES = 10       # the detector threshold lets about this many boxes through per frame
 QUESTIONS = ('what colour is the cup', 'how many chairs are there', 'is the door open',
              'where is the dog')
@@ -62,13 +78,8 @@ class StageTimer:
         function = getattr(owner, attribute, None)
         if function is None:
             return
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            with self.stage(name):
-                return function(*args, **kwargs)
-
         self._wrapped.append((owner, attribute, function, attribute in vars(owner)))
-        setattr(owner, attribute, timed)
+        setattr(owner, attribute, Timed(function, self, name))
 
     def unwrap(self) -> None:
         """Give every wrapped owner its own attribute back."""
@@ -94,6 +105,27 @@ class StageTimer:
         return result
 
 
+class Timed:
+    """A callable timed as a stage; its other attributes are the wrapped object's."""
+
+    def __init__(self, wrapped: Callable[..., Any], timer: StageTimer, stage: str) -> None:
+        """Time each call of wrapped as timer's stage."""
+        self._wrapped = wrapped
+        self._timer = timer
+        self._stage = stage
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the wrapped object inside the stage."""
+        with self._timer.stage(self._stage):
+            return self._wrapped(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        """Read what is not the wrapper's own from the wrapped object (a processor's size)."""
+        if name == '_wrapped':  # not set yet (a copy being made)
+            raise AttributeError(name)
+        return getattr(self._wrapped, name)
+
+
 def percentile(values: Sequence[float], fraction: float) -> Optional[float]:
     """Return the nearest-rank percentile of values (None when empty)."""
     if not values:
@@ -103,12 +135,14 @@ def percentile(values: Sequence[float], fraction: float) -> Optional[float]:
 
 
 def instrument(backend: Any, timer: StageTimer) -> None:
-    """Wrap a backend's preprocessing, image encoder and text encoder with timer's stages."""
-    timer.wrap(backend, 'pixels', 'preprocessing')
-    timer.wrap(backend, 'preprocess', 'preprocessing')  # open_clip's transform
-    timer.wrap(backend, 'encode_image', 'image encoder')
-    timer.wrap(backend, 'encode_images', 'image encoder')
-    timer.wrap(backend, 'encode_text', 'text encoder')
+    """Wrap the STEPS a backend has (preprocessing, image and text encoders) in timer's stages."""
+    for path, stage in STEPS:
+        *parents, attribute = path.split('.')
+        owner = backend
+        for name in parents:
+            owner = getattr(owner, name, None)
+        if owner is not None:
+            timer.wrap(owner, attribute, stage)
 
 
 def render_frames(count: int, width: int = 640, height: int = 480, seed: int = 0) -> np.ndarray:

@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from vlm_perception.core.backends.contracts import (Answerer, BatchImageEncoder, Captioner,
-                                                    Detector, Segmenter, Tagger)
+from vlm_perception.core.backends.contracts import (Answerer, BatchAnswerer, BatchImageEncoder,
+                                                    Captioner, Detector, Segmenter, Tagger)
 from vlm_perception.core.cache import TextEmbeddingCache
 from vlm_perception.core.device import resolve_device, resolve_dtype
 from vlm_perception.core.errors import InputError, OutOfMemory
@@ -587,6 +587,28 @@ class PerceptionEngine:
         text, confidence = self._run('vqa', frame, work, backend, what)
         return Answer(question, text, _finite_score(confidence))
 
+    def answer_many(self, frame: np.ndarray | Frame, questions: Sequence[str]) -> list[Answer]:
+        """
+        Answer several questions about one frame, each as ``answer`` would, in one engine turn.
+
+        An answerer that batches questions (BLIP, ViLT: BatchAnswerer) answers them in one
+        model call, which costs little more than one question; others answer in turn. Any bad
+        question (empty, too long) is an InputError for the whole call.
+        """
+        frame = self.frame(frame)
+        questions = [clean_text(question, 'question') for question in questions]
+        if not questions:
+            return []
+
+        def work(backend: Answerer) -> list[tuple[str, float]]:
+            if isinstance(backend, BatchAnswerer):
+                return backend.answer_many(frame, questions)
+            return [backend.answer(frame, question) for question in questions]
+
+        found = self._run('vqa', frame, work, what='answer_many')
+        return [Answer(question, text, _finite_score(confidence))
+                for question, (text, confidence) in zip(questions, found, strict=True)]
+
     def caption(self, frame: np.ndarray | Frame, prompt: str | None = None) -> str:
         """Caption the frame; a prompt (e.g. 'a photo of') is continued by the caption."""
         frame = self.frame(frame)
@@ -602,12 +624,15 @@ class PerceptionEngine:
 
     def describe(self, frame: np.ndarray | Frame, labels: Iterable[str] | str | None = None,
                  question: str | None = None, caption: bool = True, tags: bool = True,
-                 detect: bool = True, segment: bool = False) -> SceneDescription:
+                 detect: bool = True, segment: bool = False,
+                 detections: Sequence[Detection] | None = None) -> SceneDescription:
         """
         Caption, tags, detections and (with a question) an answer, plus a summary paragraph.
 
         ``labels`` replace the detection vocabulary for this call (and the tag vocabulary when
         that follows the labels). With ``segment`` the detections get their masks.
+        ``detections`` are the frame's, already found (and masked or placed): with ``detect``
+        they are the scene's instead of a new detection.
         """
         frame = self.frame(frame)
         labels = None if labels is None else clean_labels(labels)
@@ -621,7 +646,9 @@ class PerceptionEngine:
             scene.caption = self.caption(frame)
         if tags:
             scene.tags = self.tags(frame, tag_labels)
-        if detect:
+        if detect and detections is not None:
+            scene.detections = list(detections)
+        elif detect:
             scene.detections = self.detect(frame, labels)
             if segment:
                 scene.detections = self.segment(frame, scene.detections)

@@ -140,6 +140,7 @@ HOLD_WHILE_INFERRING_S = 1.0
 # that frames which arrived together are batched together.
 INTAKE_WAIT_S = 0.05
 QUESTION_INTAKE_FACTOR = 10  # subscription depth per queued question
+QUESTION_BATCH = 8  # queued questions on one camera answered in one engine call, at most
 STOP_JOIN_S = 5.0  # the stream and question threads finish what they hold, at most this long
 _PARAMETER_TYPES = {'string': ParameterType.PARAMETER_STRING,
                     'bool': ParameterType.PARAMETER_BOOL,
@@ -781,7 +782,8 @@ class PerceptionNode(LifecycleNode):
         Wait (at most INTAKE_WAIT_S) for the image callbacks with a frame in hand to keep it.
 
         Frames that arrived during inference are all in hand when it ends (held, see _newest):
-        waiting for these few milliseconds batches them together. A camera with no frame in
+        waiting for these few milliseconds batches them together, and takes each camera's
+        newest rather than a frame kept before the inference began. A camera with no frame in
         hand is not waited for.
         """
         with self._inference:
@@ -797,8 +799,7 @@ class PerceptionNode(LifecycleNode):
                 while (delay := self._rate.wait_time()) > 0 and not self._stopping.is_set():
                     self._wakeup.wait(delay)
                     self._wakeup.clear()
-                if len(self._cameras) > 1:  # one camera has no frame to batch with
-                    self._await_intake()
+                self._await_intake()
                 with self._stream_busy:  # deactivate waits for the frames in hand
                     taken = [(camera, frame) for camera in self._cameras
                              if (frame := camera.slot.take()) is not None]
@@ -941,17 +942,57 @@ class PerceptionNode(LifecycleNode):
 
     def _answer_questions(self) -> None:
         """Publish one Answer per queued Question: the answer, or success false with why."""
-        while not self._stopping.is_set():
-            question = self._questions.get()
-            if question is None or self._stopping.is_set():
+        ending = False
+        while not ending and not self._stopping.is_set():
+            questions = [self._questions.get()]
+            while len(questions) < QUESTION_BATCH and not self._questions.empty():
+                questions.append(self._questions.get_nowait())  # this thread alone takes
+            ending = None in questions  # the signal to end, after those queued before it
+            questions = [question for question in questions if question is not None]
+            if not questions or self._stopping.is_set():
                 return
-            reply = None
+            replies = None
             with self._guarded('question'):
-                reply = self._answer(question)
-            if reply is None:  # an unexpected failure, logged and counted by _guarded
-                reply = conversions.answer_to_msg(question.id, question.question, None,
-                                                  error='internal error (see the node log)')
-            self._publish_answer(reply)
+                replies = self._answer_all(questions)
+            if replies is None:  # an unexpected failure, logged and counted by _guarded
+                replies = [conversions.answer_to_msg(question.id, question.question, None,
+                                                     error='internal error (see the node log)')
+                           for question in questions]
+            for reply in replies:
+                self._publish_answer(reply)
+
+    def _answer_all(self, questions: list[msg.Question]) -> list[msg.Answer]:
+        """Answer questions, in order; those on one camera together (one engine call)."""
+        by_camera: dict[str, list[int]] = {}
+        for index, question in enumerate(questions):
+            by_camera.setdefault(question.camera, []).append(index)
+        replies: dict[int, msg.Answer] = {}
+        for camera, indices in by_camera.items():
+            together = (self._answer_together(camera, [questions[index] for index in indices])
+                        if len(indices) > 1 else None)
+            for index, reply in zip(indices, together or [None] * len(indices)):
+                replies[index] = reply or self._answer(questions[index])
+        return [replies[index] for index in range(len(questions))]
+
+    def _answer_together(self, camera: str,
+                         questions: list[msg.Question]) -> Optional[list[msg.Answer]]:
+        """
+        Answer questions on a camera's newest frame in one engine call (BLIP: one batch).
+
+        None when that fails (a bad question, no frame, out of memory, inactive): each is then
+        answered alone, so that each gets its own answer or reason.
+        """
+        try:
+            engine = self._active_engine()
+            source = self._camera_for(camera)
+            frame, _ = self._frame_for(source, self._max_image_age)
+            answers = self._timed('vqa', engine.answer_many, frame.engine_frame(engine.frame),
+                                  [question.question for question in questions])
+        except (InputError, OutOfMemory, FrameUnavailable, ModelLoadError, NotActive):
+            return None
+        return [conversions.answer_to_msg(question.id, question.question, frame.header, answer,
+                                          camera=source.name)
+                for question, answer in zip(questions, answers, strict=True)]
 
     def _publish_answer(self, reply: msg.Answer) -> None:
         with self._guarded('answers'):

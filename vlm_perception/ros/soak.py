@@ -178,7 +178,7 @@ def soak(case: Case, options: argparse.Namespace, probe: Probe, frames_file: Pat
          logs: Path) -> dict[str, Any]:
     """Start node and camera, stream and request for the soak's minutes, sampling; stop both."""
     started = time.monotonic()
-    node = Child(node_command(case, options.device, options.capabilities), logs / 'node.log')
+    node = Child(node_command(case, options, options.capabilities), logs / 'node.log')
     camera: Optional[Child] = None
     requester: Optional[Requester] = None
     result: dict[str, Any] = {'case': asdict(case), 'samples': [], 'failures': []}

@@ -110,17 +110,20 @@ class HFBackend(Backend):
         return {'input_ids': encoded['input_ids'].to(self.device),
                 'attention_mask': encoded['attention_mask'].to(self.device)}
 
-    def limited_tokens(self, text: str, what: str, limit: int, **kwargs: Any) -> dict:
+    def limited_tokens(self, texts: list[str], what: str, limit: int, **kwargs: Any) -> dict:
         """
-        Tokenize one question or prompt as ``tokens`` does, refusing more than ``limit`` tokens.
+        Tokenize questions or prompts as ``tokens`` does, refusing any of more than ``limit``.
 
         Tokens are counted with the tokenizer's special tokens, as the model gets them. Past its
         position table a model fails deep inside (BLIP) or its text is cut silently (ViLT), so
-        the refusal comes first, as an InputError naming the counts.
+        the refusal comes first, as an InputError naming the counts. Several texts are padded
+        to the longest (``padding`` may say otherwise).
         """
-        inputs = self.tokens([text], **kwargs)
-        count = int(inputs['attention_mask'].sum())  # padding to max_length adds none
-        if count > limit:
-            raise InputError(f'{what} too long: {count} tokens, {self.model_id} takes at most '
-                             f'{limit}')
+        if len(texts) > 1:
+            kwargs.setdefault('padding', True)
+        inputs = self.tokens(texts, **kwargs)
+        for count in inputs['attention_mask'].sum(dim=1).tolist():  # padding adds none
+            if count > limit:
+                raise InputError(f'{what} too long: {count} tokens, {self.model_id} takes at '
+                                 f'most {limit}')
         return inputs

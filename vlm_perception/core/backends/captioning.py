@@ -3,7 +3,7 @@
 import torch
 
 from vlm_perception.core.backends.base import HFBackend
-from vlm_perception.core.backends.blip import generate_text
+from vlm_perception.core.backends.blip import generate_texts
 from vlm_perception.core.frame import Frame, RGBImage
 
 
@@ -32,11 +32,12 @@ class BlipCaptioner(HFBackend):
             # The decoder sees the prompt less its closing token: one position must stay free.
             # As BlipForConditionalGeneration.generate: BOS replaces the first token, the
             # tokenizer's closing token is dropped.
-            start = self.limited_tokens(prompt, 'prompt', positions)['input_ids'][:, :-1].clone()
+            start = self.limited_tokens([prompt], 'prompt', positions)['input_ids'][:, :-1].clone()
             start[:, 0] = self.config.text_config.bos_token_id
         used = 1 if start is None else start.shape[1]
         # Past its position table the decoder fails: the caption stops there at the latest.
         max_new_tokens = min(self.options.caption_max_new_tokens, positions - used)
-        text, _ = generate_text(self.model.text_decoder, self.config.text_config, image_states,
-                                self.tokenizer, start, max_new_tokens, self.options)
+        (text, _), = generate_texts(self.model.text_decoder, self.config.text_config,
+                                    image_states, None, self.tokenizer, start, max_new_tokens,
+                                    self.options)
         return text

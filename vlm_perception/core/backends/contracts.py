@@ -69,6 +69,18 @@ class Answerer(Model, Protocol):
 
 
 @runtime_checkable
+class BatchAnswerer(Model, Protocol):
+    """
+    Optional beside Answerer: several questions on one frame in one model call.
+
+    Each answer equals what ``answer`` gives for its question alone (BLIP, ViLT).
+    """
+
+    def answer_many(self, frame: Frame, questions: list[str]) -> list[tuple[str, float]]:
+        """Return the answer and its confidence, 0..1, for each question, in order."""
+
+
+@runtime_checkable
 class Captioner(Model, Protocol):
     """Image captioning, optionally continuing a prompt."""
 

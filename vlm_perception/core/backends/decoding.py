@@ -13,21 +13,28 @@ def generation_arguments(options: ModelOptions, max_new_tokens: int) -> dict:
             'output_scores': True, 'return_dict_in_generate': True}
 
 
-def token_log_probs(model: Any, output: Any) -> torch.Tensor:
+def token_log_probs(model: Any, output: Any, row: int = 0,
+                    eos_token_id: int | None = None) -> torch.Tensor:
     """
-    Return the log-probability of each generated token of the first sequence, finite only.
+    Return the log-probability of each generated token of one sequence, finite only.
 
-    Greedy scores are the processed logits of each step (normalised here); beam search scores
-    are already log-probabilities, gathered along the chosen beam, whose padding past the end
-    of a finished beam (beam index -1) is left out.
+    Greedy scores are the processed logits of each step (normalised here), up to the row's
+    first ``eos_token_id`` (in a batch, later steps only pad a finished row); beam search
+    scores are already log-probabilities, gathered along the chosen beam, whose padding past
+    the end of a finished beam (beam index -1) is left out.
     """
     beams = getattr(output, 'beam_indices', None)
     if beams is None:
         steps = model.compute_transition_scores(output.sequences, output.scores,
-                                                normalize_logits=True)[0]
+                                                normalize_logits=True)[row]
+        if eos_token_id is not None:
+            generated = output.sequences[row, output.sequences.shape[1] - steps.shape[0]:]
+            ended = (generated == eos_token_id).nonzero()
+            if len(ended):
+                steps = steps[:int(ended[0]) + 1]
     else:
         steps = model.compute_transition_scores(output.sequences, output.scores, beams,
-                                                normalize_logits=False)[0]
-        steps = steps[beams[0, :steps.shape[0]] >= 0]
+                                                normalize_logits=False)[row]
+        steps = steps[beams[row, :steps.shape[0]] >= 0]
     steps = steps.float()
     return steps[torch.isfinite(steps)]

@@ -6,7 +6,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, EncoderDecoderCache
 
 from vlm_perception.core.backends.base import HFBackend
-from vlm_perception.core.backends.blip import generate_text
+from vlm_perception.core.backends.blip import generate_texts
 from vlm_perception.core.frame import Frame, RGBImage
 
 
@@ -34,16 +34,22 @@ class ViltAnswerer(HFBackend):
 
     def answer(self, frame: Frame, question: str) -> tuple[str, float]:
         """Return the most probable answer of the answer vocabulary and its probability."""
+        return self.answer_many(frame, [question])[0]
+
+    def answer_many(self, frame: Frame, questions: list[str]) -> list[tuple[str, float]]:
+        """Answer several questions on the frame in one forward pass (each as answer would)."""
         encoding = frame.encoding(self.key, self.encode_image, self.tensor_device)
         length = self.config.max_position_embeddings
         # Without truncation an over-long question stays whole, for limited_tokens to refuse.
-        inputs = self.limited_tokens(question, 'question', length, padding='max_length',
+        inputs = self.limited_tokens(questions, 'question', length, padding='max_length',
                                      max_length=length)
-        logits = self.model(**inputs, image_embeds=encoding.patches,
-                            pixel_mask=encoding.mask).logits[0]
-        probabilities = torch.sigmoid(logits.float())
-        best = int(probabilities.argmax())
-        return self.config.id2label[best], float(probabilities[best])
+        batch = (len(questions), -1, -1)
+        logits = self.model(**inputs, image_embeds=encoding.patches.expand(*batch),
+                            pixel_mask=encoding.mask.expand(len(questions), -1)).logits
+        probabilities = torch.sigmoid(logits.float())  # (questions, answers)
+        best = probabilities.argmax(dim=1).tolist()
+        return [(self.config.id2label[index], float(row[index]))
+                for index, row in zip(best, probabilities)]
 
 
 def _shared_layer(keys: torch.Tensor, values: torch.Tensor) -> DynamicLayer:
@@ -67,15 +73,18 @@ class BlipImageEncoding:
     states: torch.Tensor  # (1, 1 + patches, hidden)
     keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (1, heads, 1 + patches, d)
 
-    def cache(self) -> EncoderDecoderCache:
+    def cache(self, questions: int = 1) -> EncoderDecoderCache:
         """
-        Return a new cache for one question: the frame's keys/values, no self-attention yet.
+        Return a new cache for a batch of questions: the frame's keys/values, no self-attention.
 
-        A forward fills the self-attention part, so every question gets its own cache. The
-        cross-attention part shares the frame's tensors, never written: a filled layer counts
-        as updated, so BlipTextSelfAttention reads it instead of projecting the states again.
+        A forward fills the self-attention part, so every call gets its own cache. The
+        cross-attention part shares the frame's tensors (expanded to the batch, not copied),
+        never written: a filled layer counts as updated, so BlipTextSelfAttention reads it
+        instead of projecting the states again.
         """
-        cross = Cache(layers=[_shared_layer(keys, values) for keys, values in self.keys_values])
+        batch = (questions, -1, -1, -1)
+        cross = Cache(layers=[_shared_layer(keys.expand(*batch), values.expand(*batch))
+                              for keys, values in self.keys_values])
         return EncoderDecoderCache(DynamicCache(), cross)
 
 
@@ -99,16 +108,26 @@ class BlipAnswerer(HFBackend):
 
     def answer(self, frame: Frame, question: str) -> tuple[str, float]:
         """Generate an answer; confidence is the probability of the whole answer."""
+        return self.answer_many(frame, [question])[0]
+
+    def answer_many(self, frame: Frame, questions: list[str]) -> list[tuple[str, float]]:
+        """
+        Answer several questions on the frame in one batch, each as answer would.
+
+        The questions are padded to the longest: the question encoder masks the padding, and
+        the answer decoder attends to each question's own tokens only.
+        """
         encoding = frame.encoding(self.key, self.encode_image, self.tensor_device)
-        inputs = self.limited_tokens(question, 'question',
+        inputs = self.limited_tokens(questions, 'question',
                                      self.config.text_config.max_position_embeddings)
-        image_mask = torch.ones(encoding.states.shape[:-1], dtype=torch.long,
-                                device=self.device)
+        states = encoding.states.expand(len(questions), -1, -1)
+        image_mask = torch.ones(states.shape[:-1], dtype=torch.long, device=self.device)
         question_states = self.model.text_encoder(
-            **inputs, encoder_hidden_states=encoding.states, encoder_attention_mask=image_mask,
-            cache=encoding.cache(), return_dict=False)[0]
+            **inputs, encoder_hidden_states=states, encoder_attention_mask=image_mask,
+            cache=encoding.cache(len(questions)), return_dict=False)[0]
         # The answer decoder starts from BOS; past its position table it would fail.
         max_new_tokens = min(self.options.vqa_max_new_tokens,
                              self.config.text_config.max_position_embeddings - 1)
-        return generate_text(self.model.text_decoder, self.config.text_config, question_states,
-                             self.tokenizer, None, max_new_tokens, self.options)
+        return generate_texts(self.model.text_decoder, self.config.text_config, question_states,
+                              inputs['attention_mask'], self.tokenizer, None, max_new_tokens,
+                              self.options)
