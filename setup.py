@@ -5,6 +5,8 @@ ROS users build the whole package with colcon (CMakeLists.txt); this file serves
 want the Python API and the `vlm-perception` tool: `pip install .`.
 """
 
+from glob import glob
+
 from setuptools import find_packages, setup
 
 setup(
@@ -26,7 +28,10 @@ setup(
         'torchvision',
         'transformers',
     ],
-    # `pip install .[onnx]`: vlm-perception export --onnx and the onnxruntime runtimes
-    extras_require={'onnx': ['onnx', 'onnxscript', 'onnxruntime']},
+    # `pip install .[onnx]`: vlm-perception export --onnx and the onnxruntime runtimes;
+    # `.[bag]`: vlm-perception bag and bag-shapes (rosbag2 recordings, no ROS needed)
+    extras_require={'onnx': ['onnx', 'onnxscript', 'onnxruntime'], 'bag': ['rosbags', 'tqdm']},
+    # the message definitions, for bag runs without a colcon build (<prefix>/share/...)
+    data_files=[('share/vlm_perception/msg', sorted(glob('msg/*.msg')))],
     entry_points={'console_scripts': ['vlm-perception = vlm_perception.cli:main']},
 )

@@ -11,7 +11,8 @@ Examples::
     vlm-perception export --onnx exported/          # then --detector-runtime onnxruntime ...
 
 Subcommands come from modules exposing ``register(subparsers)``: this one (detect, tags, ask,
-caption, describe, export), ``vlm_perception.shapes.evaluate`` and, when ROS 2 is importable,
+caption, describe, export), ``vlm_perception.shapes.evaluate``, ``vlm_perception.bench.command``,
+``vlm_perception.bag.command`` (bag, bag-shapes) and, when ROS 2 is importable,
 ``vlm_perception.ros.client``.
 """
 
@@ -34,7 +35,8 @@ if TYPE_CHECKING:  # the engine (numpy, model code) is imported only when a comm
 PROG = 'vlm-perception'
 # Modules that add subcommands; ROS_EXTENSION is skipped silently when ROS 2 is not importable.
 ROS_EXTENSION = 'vlm_perception.ros.client'
-EXTENSIONS = ('vlm_perception.shapes.evaluate', 'vlm_perception.bench.command', ROS_EXTENSION)
+EXTENSIONS = ('vlm_perception.shapes.evaluate', 'vlm_perception.bench.command',
+              'vlm_perception.bag.command', ROS_EXTENSION)
 
 
 class _DeprecatedFlag(argparse.Action):

@@ -73,6 +73,15 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def check_image_size(height: int, width: int) -> None:
+    """Reject empty images and images too large to process (InputError)."""
+    if height <= 0 or width <= 0:
+        raise InputError(f'empty image ({width}x{height})')
+    if max(height, width) > MAX_IMAGE_SIDE or height * width > MAX_IMAGE_PIXELS:
+        raise InputError(f'image of {width}x{height} is larger than vlm_perception accepts '
+                         f'({MAX_IMAGE_SIDE} pixels a side, {MAX_IMAGE_PIXELS} in all)')
+
+
 def _is_wide(dtype: np.dtype) -> bool:
     return (dtype.kind == 'u' and dtype.itemsize == 2) or dtype == np.bool_ \
         or np.issubdtype(dtype, np.floating)

@@ -2,9 +2,13 @@
 Conversions between ROS messages and the core's numpy images and dataclasses.
 
 cv_bridge is used for raw images where it is installed; otherwise the core's converter, which
-views the message buffer without copying where the encoding allows.
+views the message buffer without copying where the encoding allows. The message layouts are
+the core's (vlm_perception.core.message_layout, which offline bag runs share), built here with
+rclpy's generated classes.
 """
 
+from functools import lru_cache
+import importlib
 from typing import Any, Optional, Sequence
 
 from builtin_interfaces.msg import Duration, Time
@@ -17,12 +21,13 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from vlm_perception import msg
 from vlm_perception.core import image as core_image
+from vlm_perception.core import message_layout as layout
 from vlm_perception.core import types
-from vlm_perception.core.depth import depth_from_raw, DepthImage, PinholeCamera, RigidTransform
+from vlm_perception.core.depth import DepthImage, PinholeCamera, RigidTransform
 from vlm_perception.core.errors import InputError
+from vlm_perception.core.image import check_image_size
 from vlm_perception.core.memory.entries import MemoryMatch
 from vlm_perception.ros.diagnostics import DiagnosticReport, ERROR, OK, WARN
-from vlm_perception.ros.stream import check_image_size
 from vlm_perception.ros.visualization import label_colour
 
 try:
@@ -30,8 +35,8 @@ try:
 except ImportError:
     CvBridge = None
 try:
-    from vision_msgs.msg import (Detection2D, Detection2DArray, Detection3D, Detection3DArray,
-                                 ObjectHypothesisWithPose)
+    from vision_msgs.msg import Detection2D, Detection2DArray, Detection3DArray, \
+        ObjectHypothesisWithPose
 except ImportError:
     Detection2DArray = Detection3DArray = None
 
@@ -42,17 +47,26 @@ MIN_MARKER_SIZE = 0.01  # metres: a flat object's box stays visible in rviz
 IDENTITY = RigidTransform((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0))
 
 
-def stamp_ns(stamp: Time) -> int:
-    """Nanoseconds of a builtin_interfaces/Time."""
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
+@lru_cache(maxsize=None)
+def _message_class(type_name: str) -> type:
+    """Return rclpy's generated class of a type named in full ('sensor_msgs/msg/Image')."""
+    package, kind, name = type_name.split('/')
+    return getattr(importlib.import_module(f'{package}.{kind}'), name)
+
+
+def make(type_name: str, **fields: Any) -> Any:
+    """Return a message of a type named in full, as message_layout builds them (rclpy's)."""
+    return _message_class(type_name)(**fields)
+
+
+stamp_ns = layout.stamp_ns
 
 
 def image_to_rgb(image: Image) -> np.ndarray:
     """Return the (H, W, 3) uint8 RGB pixels of a sensor_msgs/Image; InputError if unusable."""
-    check_image_size(image.height, image.width)
     if CvBridge is None:
-        return core_image.from_raw(image.data, image.height, image.width, image.encoding,
-                                   image.step, bool(image.is_bigendian))
+        return layout.read_rgb(image)
+    check_image_size(image.height, image.width)
     try:
         return core_image.to_rgb(CvBridge().imgmsg_to_cv2(image, desired_encoding='rgb8'))
     except Exception as error:  # cv_bridge raises several types for bad images
@@ -89,32 +103,22 @@ def decode_checked(data: bytes) -> np.ndarray:
 
 def depth_image(image: Image, depth_scale: float) -> DepthImage:
     """Return the depth of a 16UC1 / 32FC1 sensor_msgs/Image (viewing its data); InputError."""
-    check_image_size(image.height, image.width)
-    return depth_from_raw(image.data, image.height, image.width, image.encoding, image.step,
-                          bool(image.is_bigendian), depth_scale)
+    return layout.read_depth(image, depth_scale)
 
 
 def pinhole_camera(info: Any) -> PinholeCamera:
     """Return the intrinsics of a sensor_msgs/CameraInfo; InputError when unusable."""
-    return PinholeCamera.from_values(info.k, info.width, info.height, info.distortion_model,
-                                     info.d)
+    return layout.read_camera(info)
 
 
 def rgb_to_image(rgb: np.ndarray, header: Header) -> Image:
     """Return an rgb8 sensor_msgs/Image of rgb (H, W, 3 uint8) with the given header."""
-    height, width = rgb.shape[:2]
-    return Image(header=header, height=height, width=width, encoding='rgb8', is_bigendian=0,
-                 step=width * 3, data=np.ascontiguousarray(rgb).tobytes())
+    return layout.rgb_image(make, rgb, header)
 
 
 def mask_to_image(mask: Optional[np.ndarray], header: Optional[Header] = None) -> Image:
     """Return a mono8 Image of a (H, W) uint8 mask with the header; width 0 for none."""
-    if mask is None or mask.size == 0:
-        return Image(header=header or Header(), encoding='mono8')
-    height, width = mask.shape[:2]
-    return Image(header=header or Header(), height=height, width=width, encoding='mono8',
-                 is_bigendian=0, step=width,
-                 data=np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+    return layout.mask_image(make, mask, header)
 
 
 def mask_from_image(image: Image) -> Optional[np.ndarray]:
@@ -134,17 +138,7 @@ def detection_to_msg(detection: types.Detection,
 
     Its mask (mono8, width 0 for none) gets the header, the source image's.
     """
-    result = msg.Detection(label=detection.label, score=float(detection.score),
-                           center_x=float(detection.center_x),
-                           center_y=float(detection.center_y),
-                           size_x=float(detection.size_x), size_y=float(detection.size_y),
-                           mask=mask_to_image(detection.mask, header))
-    if detection.position is not None and detection.size is not None:
-        result.position = Point(x=detection.position[0], y=detection.position[1],
-                                z=detection.position[2])
-        result.size = Vector3(x=detection.size[0], y=detection.size[1], z=detection.size[2])
-        result.has_position = True
-    return result
+    return layout.detection(make, detection, header)
 
 
 def detection_from_msg(detection: msg.Detection) -> types.Detection:
@@ -160,8 +154,7 @@ def detection_from_msg(detection: msg.Detection) -> types.Detection:
 
 def stamp_from_ns(stamp_ns: int) -> Time:
     """Return the builtin_interfaces Time of nanoseconds since the epoch."""
-    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
-    return Time(sec=sec, nanosec=nanosec)
+    return layout.time(make, stamp_ns)
 
 
 def memory_match_to_msg(match: MemoryMatch) -> msg.SceneMemory:
@@ -179,16 +172,12 @@ def memory_match_to_msg(match: MemoryMatch) -> msg.SceneMemory:
 
 def detections_to_msg(detections: Sequence[types.Detection], header: Header) -> msg.DetectionArray:
     """Return a DetectionArray stamped with the source image's header."""
-    return msg.DetectionArray(header=header,
-                              detections=[detection_to_msg(d, header) for d in detections])
+    return layout.detection_array(make, detections, header)
 
 
 def scene_to_msg(scene: types.SceneDescription, header: Header) -> msg.SceneDescription:
     """Return a SceneDescription message stamped with the source image's header."""
-    return msg.SceneDescription(
-        header=header, caption=scene.caption, summary=scene.summary,
-        tags=[msg.LabelScore(label=tag.label, score=float(tag.score)) for tag in scene.tags],
-        detections=[detection_to_msg(d, header) for d in scene.detections])
+    return layout.scene_description(make, scene, header)
 
 
 def scene_from_msg(scene: msg.SceneDescription) -> types.SceneDescription:
@@ -331,19 +320,5 @@ def detections_3d(detections: msg.DetectionArray, transform: RigidTransform = ID
     """
     if Detection3DArray is None:
         return None
-    result = Detection3DArray(header=detections.header)
-    for detection in detections.detections:
-        if not detection.has_position:
-            continue
-        item = Detection3D(header=detections.header)
-        hypothesis = ObjectHypothesisWithPose()
-        hypothesis.hypothesis.class_id = detection.label
-        hypothesis.hypothesis.score = float(detection.score)
-        hypothesis.pose.pose.position = detection.position
-        hypothesis.pose.pose.orientation = _quaternion(transform)
-        item.results.append(hypothesis)
-        item.bbox.center.position = detection.position
-        item.bbox.center.orientation = _quaternion(transform)
-        item.bbox.size = detection.size
-        result.detections.append(item)
-    return result
+    return layout.detections_3d(make, layout.placed_detections(detections.detections),
+                                detections.header, transform.rotation)

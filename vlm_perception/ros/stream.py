@@ -8,7 +8,8 @@ from typing import Any, Callable, Generic, Optional, TypeVar
 import numpy as np
 
 from vlm_perception.core.errors import InputError
-from vlm_perception.core.image import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE  # one place for the caps
+# check_image_size is the core's (one place for the caps), here for the node's callers too
+from vlm_perception.core.image import check_image_size  # noqa: F401
 
 Item = TypeVar('Item')
 FUTURE_TOLERANCE_S = 0.5  # clocks of camera and node may differ this much
@@ -70,15 +71,6 @@ class Periodic:
     def mark(self) -> None:
         """Record that the job ran now."""
         self._last = self._clock()
-
-
-def check_image_size(height: int, width: int) -> None:
-    """Reject empty images and images too large to process (InputError)."""
-    if height <= 0 or width <= 0:
-        raise InputError(f'empty image ({width}x{height})')
-    if max(height, width) > MAX_IMAGE_SIDE or height * width > MAX_IMAGE_PIXELS:
-        raise InputError(f'image of {width}x{height} is larger than the node accepts '
-                         f'({MAX_IMAGE_SIDE} pixels a side, {MAX_IMAGE_PIXELS} in all)')
 
 
 def image_age(now_ns: int, stamp_ns: int) -> float:
