@@ -12,6 +12,7 @@ os.environ['ROS_DOMAIN_ID'] = os.environ['VLM_PERCEPTION_TEST_DOMAIN']
 # --- model fixtures (CORE) ---
 
 import pathlib  # noqa: E402,I100 (the environment above is set before anything imports rclpy)
+from typing import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -31,3 +32,24 @@ def tiny_preset(tmp_path_factory: pytest.TempPathFactory,
     from tiny_models import build_tiny_preset
 
     return build_tiny_preset(tmp_path_factory.mktemp('tiny_preset'), tiny_models)
+
+
+# --- scene memory: a real PostgreSQL server (test/postgres_server.py) ---
+
+
+@pytest.fixture(scope='session')
+def postgres_server() -> Iterator[str]:
+    """Start PostgreSQL once for the run (skip where absent); yield its URL without a db."""
+    from postgres_server import running_postgres
+
+    with running_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_url(postgres_server: str) -> Iterator[str]:
+    """Yield the URL of a new, empty database on the test server."""
+    from postgres_server import new_database
+
+    with new_database(postgres_server) as url:
+        yield url

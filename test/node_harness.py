@@ -150,6 +150,35 @@ def spin_until(node: Node, done: Callable[[], Any], timeout: float = 20.0) -> bo
     return True
 
 
+def wait_active(node: Node, perception: ChildProcess, target: str = PERCEPTION_NODE,
+                timeout: float = 120.0) -> None:
+    """
+    Wait until node target reports the lifecycle state active (get_state), not a log line.
+
+    With autostart the node answers only once configured and activated (it spins after
+    that), so the question waits; fails the test if the process exits or the time runs out.
+    """
+    from lifecycle_msgs.srv import GetState
+
+    client = client_of(node, GetState, f'{target}/get_state')
+    deadline = time.monotonic() + timeout
+    label = None
+    while perception.alive() and time.monotonic() < deadline:
+        if not client.wait_for_service(timeout_sec=1.0):
+            continue
+        future = client.call_async(GetState.Request())
+        rclpy.spin_until_future_complete(node, future, timeout_sec=5.0)
+        if not future.done():
+            client.remove_pending_request(future)
+            continue
+        label = future.result().current_state.label
+        if label == 'active':
+            return
+        spin_until(node, lambda: False, timeout=0.2)
+    raise AssertionError(f'{target} not active (last state {label}) within {timeout:g} s:\n'
+                         f'{perception.output()}')
+
+
 def call(node: Node, client: Any, request: Any, timeout: float = 30.0) -> Any:
     """Call a service and return its response (fails the test on timeout)."""
     assert client.wait_for_service(timeout_sec=timeout), f'{client.srv_name} not available'

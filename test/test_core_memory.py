@@ -1,23 +1,18 @@
-"""Scene memory core: real SQLite files and a real PostgreSQL server started by this module."""
+"""Scene memory core: real SQLite files and a real PostgreSQL server (test/postgres_server.py)."""
 
-import glob
-import itertools
 import math
 import os
 import pathlib
-import pwd
-import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from typing import Callable, Iterator
 
 import cv2
 import numpy as np
+from postgres_server import free_port
 import pytest
 
 from vlm_perception.core.errors import InputError
@@ -50,83 +45,7 @@ def scene(stamp: int, labels: tuple[str, ...] = (), embedding: np.ndarray | None
                        model if embedding is not None else '', thumbnail_jpeg)
 
 
-# --- a PostgreSQL server of this module's own, on loopback
-
-
-def _pg_program(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    # Debian and Ubuntu keep the server programs off PATH, one folder per major version.
-    versions = glob.glob(f'/usr/lib/postgresql/[0-9]*/bin/{name}')
-    return max(versions, key=lambda path: int(path.split('/')[4]), default=None)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope='module')
-def postgres_server() -> Iterator[str]:
-    """Start PostgreSQL (trust auth, 127.0.0.1, a free port); yield its URL without a db."""
-    pg_ctl, initdb = _pg_program('pg_ctl'), _pg_program('initdb')
-    if pg_ctl is None or initdb is None:
-        pytest.skip('pg_ctl / initdb not found: install PostgreSQL to test the fleet store')
-    psycopg = pytest.importorskip('psycopg', reason='psycopg is not installed')
-    as_owner: list[str] = []
-    folder = tempfile.mkdtemp(prefix='vlm-memory-pg-')
-    if os.geteuid() == 0:
-        # PostgreSQL refuses to run as root: the data folder is the postgres user's.
-        try:
-            owner = pwd.getpwnam('postgres')
-        except KeyError:
-            shutil.rmtree(folder)
-            pytest.skip('running as root and there is no postgres user to run the server')
-        os.chown(folder, owner.pw_uid, owner.pw_gid)
-        as_owner = ['runuser', '-u', 'postgres', '--']
-    data = os.path.join(folder, 'data')
-    try:
-        subprocess.run([*as_owner, initdb, '-D', data, '-U', 'postgres', '-A', 'trust',
-                        '-E', 'UTF8', '--no-sync'], check=True, capture_output=True,
-                       timeout=60)
-        for _ in range(3):  # a port found free may be taken before the server binds it
-            port = _free_port()
-            options = (f'-c listen_addresses=127.0.0.1 -p {port} -k {folder} '
-                       '-c fsync=off -c synchronous_commit=off -c full_page_writes=off')
-            started = subprocess.run(
-                [*as_owner, pg_ctl, '-D', data, '-l', os.path.join(folder, 'log'), '-w',
-                 '-t', '30', '-o', options, 'start'], capture_output=True, timeout=60)
-            if started.returncode == 0:
-                break
-        else:
-            with open(os.path.join(folder, 'log')) as log:
-                pytest.fail('the test PostgreSQL server did not start:\n' + log.read())
-        url = f'postgresql://postgres@127.0.0.1:{port}'
-        with psycopg.connect(f'{url}/postgres', connect_timeout=10):
-            pass
-        yield url
-    finally:
-        subprocess.run([*as_owner, pg_ctl, '-D', data, '-m', 'immediate', '-w', 'stop'],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-_databases = itertools.count()
-
-
-@pytest.fixture
-def pg_url(postgres_server: str) -> Iterator[str]:
-    """Yield the URL of a new, empty database on the test server."""
-    import psycopg
-
-    name = f'memory_{os.getpid()}_{next(_databases)}'
-    with psycopg.connect(f'{postgres_server}/postgres', autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE {name}')
-    yield f'{postgres_server}/{name}'
-    with psycopg.connect(f'{postgres_server}/postgres', autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE {name} WITH (FORCE)')
+# --- a real PostgreSQL server: the postgres_server and pg_url fixtures (conftest.py)
 
 
 # --- stores of both kinds, for the tests of the store contract
@@ -369,6 +288,35 @@ def test_writer_close_drops_and_counts_the_rest(tmp_path: pathlib.Path) -> None:
     store.close()
 
 
+def test_scene_memory_close_keeps_to_its_timeout_with_a_write_stuck(
+        tmp_path: pathlib.Path) -> None:
+    path = str(tmp_path / 'memory.db')
+    memory = SceneMemory(MemoryConfig(path=path, period_s=0.0))  # every scene kept
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute('BEGIN IMMEDIATE')  # the writer's first put waits for this lock
+    for stamp in range(4):
+        assert memory.offer(scene(stamp, ('cup',)))
+    start = time.monotonic()
+    dropped = memory.close(timeout=0.5)
+    took = time.monotonic() - start
+    # The flush and the wait for the write in hand share the 0.5 s: not 0.5 s and 2 s more.
+    assert 0.4 < took < 1.5 and dropped == 3, (took, dropped)
+    blocker.execute('COMMIT')
+    blocker.close()
+    with pytest.raises(MemoryStoreError, match='closed'):
+        memory.recall('cup')
+
+
+def test_a_closed_store_says_so(make_store: Callable[..., SceneStore]) -> None:
+    store = make_store()
+    store.put(scene(1, ('cup',)))
+    store.close()
+    for call in (lambda: store.recall('cup'), lambda: store.put(scene(2, ('cup',))),
+                 store.count):
+        with pytest.raises(MemoryStoreError, match='closed'):
+            call()  # not the driver's error: the node says "scene memory: ... closed"
+
+
 def test_two_robots_write_into_one_postgres_database(pg_url: str) -> None:
     robots = [(PostgresSceneStore(pg_url, max_entries=30, vector=False), source)
               for source in (FRONT, BACK)]
@@ -471,7 +419,7 @@ def test_postgres_unreachable_names_the_fix() -> None:
     pytest.importorskip('psycopg', reason='psycopg is not installed')
     start = time.monotonic()
     with pytest.raises(MemoryStoreError, match='PGPASSWORD / PGPASSFILE'):
-        open_store(url=f'postgresql://postgres@127.0.0.1:{_free_port()}/memory')
+        open_store(url=f'postgresql://postgres@127.0.0.1:{free_port()}/memory')
     assert time.monotonic() - start < 10.0
 
 

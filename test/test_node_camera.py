@@ -14,10 +14,12 @@ from node_harness import ros_node, spin_until  # noqa: E402,I100
 from rclpy.impl.implementation_singleton import rclpy_implementation  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
 
 from vlm_perception import msg  # noqa: E402
 from vlm_perception.ros.camera import ShapesCamera  # noqa: E402
-from vlm_perception.shapes.drift import DriftingScene, pinhole_k  # noqa: E402
+from vlm_perception.ros.conversions import detections_to_msg  # noqa: E402
+from vlm_perception.shapes.drift import DriftingScene, pinhole_k, scene_rng  # noqa: E402
 
 TOPICS = {'image': Image, 'depth': Image, 'camera_info': CameraInfo,
           'ground_truth': msg.DetectionArray}
@@ -73,6 +75,50 @@ def test_camera_publishes_registered_depth_and_ground_truth_with_one_header() ->
         assert position.x == pytest.approx((detection.center_x - 0.5 - cx) * z / fx, abs=1e-3)
         assert position.y == pytest.approx((detection.center_y - 0.5 - cy) * z / fy, abs=1e-3)
         assert detection.size.x == pytest.approx(detection.size_x * z / fx, abs=1e-3)
+
+
+def scene_key(detections) -> tuple:
+    """Return what tells one scene from another: its labels and distances (fixed per scene)."""
+    return tuple(sorted((d.label, round(d.position.z, 2)) for d in detections))
+
+
+def test_scene_seconds_shows_the_seeds_next_scene_and_logs_it() -> None:
+    seed, every, width, height = 3, 2.0, 320, 240
+    expected = [DriftingScene(scene_rng(seed, n), width, height) for n in range(3)]
+    keys = [scene_key(detections_to_msg(scene.ground_truth(), Header()).detections)
+            for scene in expected]
+    assert len(set(keys)) == 3  # the seed's scenes differ
+    camera = ros_node('vlm_perception.ros.camera', [
+        '-p', 'rate:=10.0', '-p', f'seed:={seed}', '-p', f'scene_seconds:={every}',
+        '-p', f'width:={width}', '-p', f'height:={height}'])
+    rclpy.init()
+    try:
+        node = rclpy.create_node('camera_scenes_test')
+        first_seen: dict[tuple, float] = {}  # scene key -> stamp of its first frame seen
+
+        def on_truth(message) -> None:
+            sec, nanosec = stamp(message)
+            first_seen.setdefault(scene_key(message.detections), sec + nanosec * 1e-9)
+
+        node.create_subscription(msg.DetectionArray, 'ground_truth', on_truth,
+                                 QoSProfile(depth=10))
+        assert spin_until(node, lambda: keys[2] in first_seen, timeout=60.0), \
+            (first_seen, camera.output())
+        node.destroy_node()
+    finally:
+        rclpy.shutdown()
+    camera.stop_cleanly()
+    # The seed's scenes, in order, each for about scene_seconds (frames lost to discovery aside).
+    seen = list(first_seen)  # in the order first seen; scene 0 alone may be missed
+    assert len(seen) >= 2 and seen == keys[len(keys) - len(seen):], (seen, keys)
+    lasted = first_seen[keys[2]] - first_seen[keys[1]]
+    assert 0.25 * every < lasted < 3.0 * every, lasted  # about every s: a loaded machine
+    output = camera.output()
+    assert 'a new scene every 2 s' in output
+    for n in (1, 2):
+        line = next(line for line in output.splitlines() if f'scene {n} of seed {seed}: ' in line)
+        assert expected[n].caption in line
+        assert all(obj.name in line for obj in expected[n].objects)
 
 
 def test_ctrl_c_to_the_process_group_exits_cleanly_every_time() -> None:

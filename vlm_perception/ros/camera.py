@@ -15,6 +15,8 @@ All are reliable with depth 1, which best-effort and reliable subscribers both a
 Parameters (read-only):
     rate (double, Hz), width, height (int, pixels), fov (double, horizontal degrees),
     speed (double, pixels per second of drift), seed (int),
+    scene_seconds (double, default 0 = never): a new scene every so many seconds, scene n
+        drawn from shapes.drift.scene_rng(seed, n), its caption and objects logged,
     frame_id (string, default camera_optical_frame: REP 103 optical, z forward).
 """
 
@@ -34,8 +36,9 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from vlm_perception import msg
-from vlm_perception.ros.conversions import detections_to_msg, rgb_to_image
-from vlm_perception.shapes.drift import DriftingScene, pinhole_k
+from vlm_perception.core import message_layout as layout
+from vlm_perception.ros.conversions import detections_to_msg, make, rgb_to_image
+from vlm_perception.shapes.drift import DriftingScene, pinhole_k, scene_rng
 
 # What publishing raises once Ctrl-C has shut the context down under a running timer.
 _SHUTDOWN_ERRORS = (_rclpy.RCLError, InvalidHandle)
@@ -43,20 +46,13 @@ _SHUTDOWN_ERRORS = (_rclpy.RCLError, InvalidHandle)
 
 def camera_info(header: Header, width: int, height: int, fov_degrees: float) -> CameraInfo:
     """Return the CameraInfo of an ideal pinhole camera (no distortion, centred)."""
-    k = pinhole_k(width, height, fov_degrees)
-    fx, _, cx, _, fy, cy = k[:6]
-    return CameraInfo(header=header, width=width, height=height, distortion_model='plumb_bob',
-                      d=[0.0] * 5, k=list(k),
-                      r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-                      p=[fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
+    return layout.pinhole_camera_info(make, header, width, height,
+                                      pinhole_k(width, height, fov_degrees))
 
 
 def depth_to_image(metres: np.ndarray, header: Header) -> Image:
     """Return a 16UC1 sensor_msgs/Image of (H, W) depths in metres: millimetres, rounded."""
-    height, width = metres.shape
-    millimetres = np.clip(np.rint(metres * 1000.0), 0, np.iinfo(np.uint16).max).astype('<u2')
-    return Image(header=header, height=height, width=width, encoding='16UC1', is_bigendian=0,
-                 step=width * 2, data=millimetres.tobytes())
+    return layout.depth_image(make, metres, header)
 
 
 def _range(low: float, high: float) -> dict:
@@ -77,6 +73,8 @@ class ShapesCamera(Node):
             'fov': (60.0, 'Horizontal field of view, degrees.', (1.0, 179.0)),
             'speed': (20.0, 'Drift speed of the objects, pixels per second.', (0.0, 1000.0)),
             'seed': (0, 'Seed of the scene (objects, colours, distances, noise).', (0, 2**31 - 1)),
+            'scene_seconds': (0.0, 'Seconds between new scenes (scene n drawn from seed and n, '
+                              'its content logged); 0 = one scene for ever.', (0.0, 86400.0)),
             'frame_id': ('camera_optical_frame',
                          'frame_id of the published headers (an optical frame).', None),
         }
@@ -85,9 +83,10 @@ class ShapesCamera(Node):
             self.declare_parameter(name, default, ParameterDescriptor(
                 description=description, read_only=True, **extra))
         value = {name: self.get_parameter(name).value for name in declared}
-        self._frame_id, self._fov = value['frame_id'], value['fov']
-        self._scene = DriftingScene(np.random.default_rng(value['seed']), value['width'],
-                                    value['height'], value['speed'], value['fov'])
+        self._frame_id, self._fov, self._seed = value['frame_id'], value['fov'], value['seed']
+        self._scene_args = (value['width'], value['height'], value['speed'], value['fov'])
+        self._scene_index = 0
+        self._scene = DriftingScene(scene_rng(self._seed), *self._scene_args)
         self._period = 1.0 / value['rate']
         qos = QoSProfile(depth=1)
         self._image_pub = self.create_publisher(Image, 'image', qos)
@@ -95,8 +94,23 @@ class ShapesCamera(Node):
         self._depth_pub = self.create_publisher(Image, 'depth', qos)
         self._truth_pub = self.create_publisher(msg.DetectionArray, 'ground_truth', qos)
         self.create_timer(self._period, self._publish)
+        every = value['scene_seconds']
+        if every > 0:
+            self.create_timer(every, self._next_scene)  # one executor thread: between frames
         self.get_logger().info(f'publishing {value["width"]}x{value["height"]} at '
-                               f'{value["rate"]:g} Hz: {self._scene.caption}')
+                               f'{value["rate"]:g} Hz: {self._scene.caption}'
+                               + (f' (a new scene every {every:g} s)' if every > 0 else ''))
+
+    def _next_scene(self) -> None:
+        """Show the seed's next scene and log what it shows (the objects' centres in metres)."""
+        self._scene_index += 1
+        self._scene = DriftingScene(scene_rng(self._seed, self._scene_index), *self._scene_args)
+        objects = ', '.join(f'{truth.label} at ({truth.position[0]:.2f}, '
+                            f'{truth.position[1]:.2f}, {truth.position[2]:.2f})'
+                            for truth in self._scene.ground_truth())
+        self.get_logger().info(f'scene {self._scene_index} of seed {self._seed}: '
+                               f'{self._scene.caption}; objects (m, {self._frame_id}): '
+                               f'{objects}')
 
     def _publish(self) -> None:
         if not self.context.ok():

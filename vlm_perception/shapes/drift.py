@@ -22,6 +22,18 @@ DISTANCE_RANGE_M = (0.8, 4.0)
 MIN_DISTANCE_GAP_M = 0.15  # between any two objects, so depth tells them apart
 
 
+def scene_rng(seed: int, index: int = 0) -> np.random.Generator:
+    """
+    Return the generator of scene ``index`` of ``seed``: shapes_camera's scenes, in order.
+
+    Scene 0 is ``default_rng(seed)`` (as ever); scene n >= 1 draws from the seed sequence
+    (seed, n), so that every scene of a seed is reproducible on its own.
+    """
+    if index < 0:
+        raise ValueError(f'a scene index is >= 0, got {index}')
+    return np.random.default_rng(seed if index == 0 else (seed, index))
+
+
 def pinhole_k(width: int, height: int, fov: float) -> tuple[float, ...]:
     """
     Return the row-major 3x3 K of an ideal pinhole camera of fov horizontal degrees.

@@ -9,6 +9,7 @@ password comes from PGPASSWORD or a PGPASSFILE, never from memory_url (peers rea
 
 import contextlib
 import threading
+import time
 from typing import Any, Iterator
 
 import numpy as np
@@ -194,11 +195,13 @@ class PostgresSceneStore(SqlSceneStore):
             # retried: the first may have committed before the connection dropped).
             return super().recall(*args, **kwargs)
 
-    def close(self) -> None:
-        """Close both connections (waiting at most 2 s for a write in progress)."""
+    def close(self, timeout: float = _CLOSE_WAIT_S) -> None:
+        """Close both connections, waiting at most ``timeout`` s in all for calls in progress."""
         self._closed = True
+        deadline = time.monotonic() + timeout
         for role, lock in (('_write', self._write_lock), ('_read', self._read_lock)):
-            if lock.acquire(timeout=_CLOSE_WAIT_S):
+            # A write stuck on the network keeps its connection; it ends with the write.
+            if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 try:
                     getattr(self, role).close()
                 finally:

@@ -1,6 +1,7 @@
 """The scene memory as the node uses it: parameters, change policy, writer, store and recall."""
 
 from dataclasses import dataclass
+import time
 
 import numpy as np
 
@@ -94,7 +95,10 @@ class SceneMemory:
                 'pending': self.writer.pending}
 
     def close(self, timeout: float = 2.0) -> int:
-        """Flush the queue for at most ``timeout`` s, close the store; return entries dropped."""
+        """Flush the queue and close the store in ``timeout`` s at most; return entries dropped."""
+        deadline = time.monotonic() + timeout
         dropped = self.writer.close(timeout)
-        self.store.close()
+        # Only what the flush left of the time goes to a write still in progress: a write
+        # stuck behind a lock keeps its connection (it ends with the write), not the caller.
+        self.store.close(max(0.0, deadline - time.monotonic()))
         return dropped

@@ -4,6 +4,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from typing import Iterator
 
 import numpy as np
@@ -48,6 +49,7 @@ class SqliteSceneStore(SqlSceneStore):
         self.path = os.path.expanduser(path) if path else ''
         self.description = f'SQLite {self.path}' if self.path else 'SQLite in memory'
         self._busy_timeout_s = busy_timeout_s
+        self._closed = False
         try:
             self._write = self._connect()
             if self.path:
@@ -75,6 +77,8 @@ class SqliteSceneStore(SqlSceneStore):
     def _transaction(self, connection: sqlite3.Connection, lock: threading.Lock,
                      begin: str) -> Iterator[sqlite3.Cursor]:
         with lock:
+            if self._closed:  # not sqlite3's ProgrammingError: a recall racing a deactivate
+                raise MemoryStoreError(f'{self.description}: the scene store is closed')
             cursor = connection.cursor()
             try:
                 cursor.execute(begin)
@@ -103,12 +107,14 @@ class SqliteSceneStore(SqlSceneStore):
             ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)', row)
         return int(cursor.lastrowid)
 
-    def close(self) -> None:
-        """Close the connections (waiting at most 2 s for a write in progress)."""
+    def close(self, timeout: float = _CLOSE_WAIT_S) -> None:
+        """Close the connections, waiting at most ``timeout`` s in all for calls in progress."""
+        self._closed = True
+        deadline = time.monotonic() + timeout
         for connection, lock in {id(self._write): (self._write, self._write_lock),
                                  id(self._read): (self._read, self._read_lock)}.values():
             # A write stuck behind another process's lock keeps its connection; it ends then.
-            if lock.acquire(timeout=_CLOSE_WAIT_S):
+            if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 try:
                     connection.close()
                 finally:

@@ -55,8 +55,8 @@ class SceneStore(Protocol):
     def total_bytes(self) -> int:
         """Return the payload bytes of all entries, as the byte bound counts them."""
 
-    def close(self) -> None:
-        """Close the connections."""
+    def close(self, timeout: float = 2.0) -> None:
+        """Close the connections, waiting at most ``timeout`` s in all for calls in progress."""
 
 
 def check_memory_url(url: str) -> None:
