@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from vlm_perception.core.errors import InputError
+from vlm_perception.core.image import check_image_size
 from vlm_perception.core.types import Detection
 from vlm_perception.ros import parameters
 from vlm_perception.ros.diagnostics import ERROR, OK, PerceptionStats, RateMeter, Throttle, WARN
-from vlm_perception.ros.stream import (age_verdict, check_image_size, check_max_age, image_age,
-                                       LatestSlot, Periodic, RateLimiter, SourceFrame)
+from vlm_perception.ros.stream import (age_verdict, check_max_age, image_age, LatestSlot,
+                                       Periodic, RateLimiter, SourceFrame)
 from vlm_perception.ros.visualization import annotate, label_colour
 from vlm_perception.shapes.drift import DriftingScene
 

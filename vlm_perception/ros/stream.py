@@ -8,8 +8,6 @@ from typing import Any, Callable, Generic, Optional, TypeVar
 import numpy as np
 
 from vlm_perception.core.errors import InputError
-# check_image_size is the core's (one place for the caps), here for the node's callers too
-from vlm_perception.core.image import check_image_size  # noqa: F401
 
 Item = TypeVar('Item')
 FUTURE_TOLERANCE_S = 0.5  # clocks of camera and node may differ this much
