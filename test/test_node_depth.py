@@ -442,3 +442,31 @@ def test_target_frame_moves_points_through_a_static_transform(ros) -> None:
         assert int(values['errors: tf']) >= 1
     finally:
         set_parameter(ros, 'target_frame', '')
+
+
+def test_publishers_the_node_cannot_hear_are_named_once_each(bare) -> None:
+    """A best-effort camera (the node is reliable here) and a wrong type: one warning each."""
+    from rclpy.context import Context
+    from rclpy.qos import qos_profile_sensor_data
+
+    # A participant of its own: this one already has camera_info with another type.
+    context = Context()
+    rclpy.init(context=context)
+    peer = rclpy.create_node('unheard_camera', context=context)
+    peer.create_publisher(Image, 'depth', qos_profile_sensor_data)
+    peer.create_publisher(String, 'camera_info', 1)
+    expected = ('/unheard_camera on /depth offers QoS incompatible with the subscription '
+                '(Best effort publisher and reliable subscription): none of its messages reach '
+                'this node (image_reliability:=best_effort hears both)',
+                '/unheard_camera on /camera_info publishes std_msgs/msg/String, not '
+                'sensor_msgs/msg/CameraInfo: none of its messages reach this node')
+    try:
+        assert spin_until(bare, lambda: all(text in bare.perception.output()
+                                            for text in expected), 10.0), \
+            bare.perception.output()
+        spin_until(bare, lambda: False, 2.5)  # two more checks of the graph
+        output = bare.perception.output()
+        assert [output.count(text) for text in expected] == [1, 1], output
+    finally:
+        peer.destroy_node()
+        rclpy.shutdown(context=context)

@@ -96,6 +96,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -117,6 +118,7 @@ from vlm_perception.core.types import Detection, SceneDescription
 from vlm_perception.ros import conversions, parameters
 from vlm_perception.ros.cameras import CameraStream, DEPTH_SPAN_S, MIN_STARVED_PERIOD_S
 from vlm_perception.ros.diagnostics import PerceptionStats, Throttle
+from vlm_perception.ros.publisher_check import type_name, UnheardPublishers
 from vlm_perception.ros.stream import (age_verdict, check_max_age, image_age, RateLimiter,
                                        SourceFrame)
 from vlm_perception.ros.visualization import annotate
@@ -220,6 +222,7 @@ class PerceptionNode(LifecycleNode):
         # one camera: its counters are the node's (one status, as ever); several: one each
         self.stats = PerceptionStats(stream=not names)
         self._warnings = Throttle(THROTTLE_S)
+        self._unheard = UnheardPublishers()
         self._added_latency = float(os.environ.get(ADDED_LATENCY_ENV, '0') or 0)
         self._stopping = threading.Event()
         self._state = 'unconfigured'  # the lifecycle state label, once a transition is done
@@ -670,24 +673,31 @@ class PerceptionNode(LifecycleNode):
 
     def _subscribe(self, camera: CameraStream, qos: QoSProfile) -> None:
         """Subscribe a camera's image (or its compressed topic), and depth and camera_info."""
+        def subscribe(kind: Any, topic: str, callback: Callable[[Any], None],
+                      group: MutuallyExclusiveCallbackGroup) -> Any:
+            # No QoS event handlers (ros2/rmw_fastrtps#833): with them, a frame waiting for its
+            # scheduled callback wakes the executor at once, again and again, until the
+            # callback takes it; under inference that spun a core of two (measured). The
+            # publishers' QoS and type are checked on the graph instead (sensor_publishers).
+            return self.create_subscription(
+                kind, topic, callback, qos, callback_group=group,
+                event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
+
         if self._value('compressed'):
             topic = self.resolve_topic_name(camera.topic('image')) + '/compressed'
-            subscriptions = [self.create_subscription(
-                CompressedImage, topic, partial(self._on_compressed, camera), qos,
-                callback_group=camera.input_group)]
+            subscriptions = [subscribe(CompressedImage, topic,
+                                       partial(self._on_compressed, camera), camera.input_group)]
         else:
             topic = camera.topic('image')
-            subscriptions = [self.create_subscription(
-                Image, topic, partial(self._on_image, camera), qos,
-                callback_group=camera.input_group)]
+            subscriptions = [subscribe(Image, topic, partial(self._on_image, camera),
+                                       camera.input_group)]
         self.get_logger().info(f'subscribed to {self.resolve_topic_name(topic)}')
         if self._use_depth:
             depth, info = camera.topic('depth'), camera.topic('camera_info')
             subscriptions += [
-                self.create_subscription(Image, depth, partial(self._on_depth, camera), qos,
-                                         callback_group=self._depth_group),
-                self.create_subscription(CameraInfo, info, partial(self._on_camera_info, camera),
-                                         qos, callback_group=self._depth_group)]
+                subscribe(Image, depth, partial(self._on_depth, camera), self._depth_group),
+                subscribe(CameraInfo, info, partial(self._on_camera_info, camera),
+                          self._depth_group)]
             camera.stats.expect_depth()
             self.get_logger().info(f'depth from {self.resolve_topic_name(depth)}, intrinsics '
                                    f'from {self.resolve_topic_name(info)}')
@@ -1328,9 +1338,25 @@ class PerceptionNode(LifecycleNode):
                     f'{text} on {self.resolve_topic_name(camera.topic("image"))}',
                     throttle_duration_sec=camera.stats.image_timeout)
 
+    def _warn_unheard_publishers(self) -> None:
+        """Warn once of each publisher on a sensor topic whose messages cannot reach the node."""
+        for camera in self._cameras:
+            for subscription in camera.subscriptions:
+                topic, qos = subscription.topic_name, subscription.qos_profile
+                hint = (' (image_reliability:=best_effort hears both)'
+                        if qos.reliability == ReliabilityPolicy.RELIABLE else '')
+                for info, reason in self._unheard.new(
+                        topic, self.get_publishers_info_by_topic(topic),
+                        type_name(subscription.msg_type), qos):
+                    self.get_logger().warning(
+                        f'publisher {info.node_namespace.rstrip("/")}/{info.node_name} on '
+                        f'{topic} {reason}: none of its messages reach this node'
+                        + (hint if 'QoS' in reason else ''))
+
     def _publish_diagnostics(self) -> None:
         """Publish the node's status and, with several cameras, one per camera."""
         with self._guarded('diagnostics'):
+            self._warn_unheard_publishers()
             name = self.get_fully_qualified_name()
             report = self.stats.report()
             report.values.update(self._memory_values())
