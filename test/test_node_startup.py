@@ -37,6 +37,16 @@ def test_unusable_settings_exit_with_one_fatal_line(
     assert 'Traceback' not in output
 
 
+@pytest.mark.parametrize('moment', [']: loading models for ', ']: ready on '])
+def test_ctrl_c_while_configuring_is_a_stop_not_a_failure(tiny_preset, moment: str) -> None:
+    """SIGINT while the models load, or as they become ready: exit 0, no FATAL line."""
+    node = ros_node('vlm_perception.ros.node', [
+        '-p', f'preset:={tiny_preset}', '-p', 'capabilities:=[detect]', '-p', 'warmup:=false'])
+    assert node.wait_for_output(moment, timeout=120), node.output()
+    status, output = node.stop()
+    assert status == 0 and 'Traceback' not in output and '[FATAL]' not in output, output
+
+
 def test_cuda_asked_for_without_cuda_names_the_device(tiny_preset) -> None:
     torch = pytest.importorskip('torch')
     if torch.cuda.is_available():

@@ -1392,6 +1392,8 @@ def main(args: Optional[list[str]] = None) -> int:
         node.start_threads()
         if node.get_parameter('autostart').value:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                if not rclpy.ok():  # Ctrl-C as configuring ended: a stop, not a failure
+                    raise ExternalShutdownException()
                 raise node.configure_error or ModelLoadError('configure failed')
             node.trigger_activate()
         else:
