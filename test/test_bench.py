@@ -14,7 +14,7 @@ pytest.importorskip('vlm_perception.msg', reason='needs the colcon build (make b
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE_FIELDS = ('name', 'engine_fps', 'camera_hz', 'node_fps', 'ratio', 'target_ratio',
-               'age_p50_ms', 'age_p95_ms', 'bound_ms', 'idle_hz', 'node_input_hz', 'repeats')
+               'age_p50_ms', 'age_p95_ms', 'bound_ms', 'node_input_hz', 'repeats')
 
 
 def test_bench_reports_engine_and_node_rates(tiny_preset, tmp_path: Path) -> None:
