@@ -678,7 +678,7 @@ class PerceptionNode(LifecycleNode):
             # No QoS event handlers (ros2/rmw_fastrtps#833): with them, a frame waiting for its
             # scheduled callback wakes the executor at once, again and again, until the
             # callback takes it; under inference that spun a core of two (measured). The
-            # publishers' QoS and type are checked on the graph instead (sensor_publishers).
+            # publishers' QoS and type are checked on the graph instead (_warn_unheard_publishers).
             return self.create_subscription(
                 kind, topic, callback, qos, callback_group=group,
                 event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
