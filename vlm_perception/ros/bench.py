@@ -728,7 +728,7 @@ def run_case(case: Case, options: argparse.Namespace, probe: Probe, engine: Any,
             print(f' {node_figures["fps"]:.2f} FPS (camera {_fmt(node_figures["camera_hz"])} '
                   f'Hz)', flush=True)
             repeats.append({'engine': engine_figures, 'node': node_figures,
-                            **ratio_and_bound(engine_figures, node_figures, options.rate)})
+                            'ratio': repeat_ratio(engine_figures, node_figures, options.rate)})
         result['repeats'] = repeats
     finally:
         if camera is not None:
@@ -740,13 +740,11 @@ def run_case(case: Case, options: argparse.Namespace, probe: Probe, engine: Any,
     return result
 
 
-def ratio_and_bound(engine: dict[str, Any], node: dict[str, Any], rate: float) -> dict[str, Any]:
-    """Return one repeat's ratio (node FPS / min(engine FPS, camera rate)) and age bound."""
+def repeat_ratio(engine: dict[str, Any], node: dict[str, Any], rate: float) -> Optional[float]:
+    """Return one repeat's ratio: node FPS / min(engine FPS, camera rate)."""
     camera_hz = node['camera_hz'] if node.get('camera_hz') else rate
     expected = min(engine['fps'], camera_hz)
-    return {'ratio': node['fps'] / expected if expected > 0 else None,
-            # p95 against p95: the age holds the frame's own inference, which varies as much
-            'bound_ms': engine['inference_ms_p95'] + 1e3 / rate}
+    return node['fps'] / expected if expected > 0 else None
 
 
 def summarize(repeats: list[dict[str, Any]], target: float, rate: float) -> dict[str, Any]:
@@ -764,6 +762,7 @@ def summarize(repeats: list[dict[str, Any]], target: float, rate: float) -> dict
         return [value for repeat in repeats for value in repeat[part].get(key, [])]
 
     ages, inferences = pooled('node', 'ages_ms'), pooled('engine', 'inference_ms')
+    # p95 against p95: the age holds the frame's own inference, which varies as much
     inference_p95 = percentile(inferences, 0.95)
 
     ratio = median([repeat['ratio'] for repeat in repeats])
