@@ -1343,15 +1343,15 @@ class PerceptionNode(LifecycleNode):
         for camera in self._cameras:
             for subscription in camera.subscriptions:
                 topic, qos = subscription.topic_name, subscription.qos_profile
+                message_type = type_name(subscription.msg_type)
                 hint = (' (image_reliability:=best_effort hears both)'
                         if qos.reliability == ReliabilityPolicy.RELIABLE else '')
                 for info, reason in self._unheard.new(
-                        topic, self.get_publishers_info_by_topic(topic),
-                        type_name(subscription.msg_type), qos):
+                        topic, self.get_publishers_info_by_topic(topic), message_type, qos):
                     self.get_logger().warning(
                         f'publisher {info.node_namespace.rstrip("/")}/{info.node_name} on '
                         f'{topic} {reason}: none of its messages reach this node'
-                        + (hint if 'QoS' in reason else ''))
+                        + (hint if info.topic_type == message_type else ''))  # a QoS reason
 
     def _publish_diagnostics(self) -> None:
         """Publish the node's status and, with several cameras, one per camera."""
