@@ -41,7 +41,7 @@ from vlm_perception.core.cache import TextEmbeddingCache
 from vlm_perception.core.device import resolve_device, resolve_dtype
 from vlm_perception.core.errors import InputError, OutOfMemory
 from vlm_perception.core.faults import FaultInjector
-from vlm_perception.core.frame import Frame
+from vlm_perception.core.frame import Frame, RGBImage
 from vlm_perception.core.options import ModelOptions, Value, with_preset_options
 from vlm_perception.core.presets import get_preset
 from vlm_perception.core.scheduling import FairLock
@@ -401,8 +401,8 @@ class PerceptionEngine:
         else:
             self._caption(frame, None, backend, what)
 
-    def frame(self, image: np.ndarray | Frame) -> Frame:
-        """Wrap an HxWx3 uint8 RGB array (grey, RGBA, 16-bit, float converted) as a Frame."""
+    def frame(self, image: RGBImage | Frame) -> Frame:
+        """Wrap an HxWx3 RGB array (grey, RGBA, 16-bit, float converted) or tensor as a Frame."""
         return image if isinstance(image, Frame) else Frame(image)
 
     # --- capabilities -------------------------------------------------------------------------

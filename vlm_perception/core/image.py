@@ -3,7 +3,8 @@ Image conversion to the one format the engine takes: an HxWx3 uint8 RGB numpy ar
 
 ``from_raw`` reads the bytes of a ``sensor_msgs/Image`` (any row padding), ``decode_compressed``
 those of a ``sensor_msgs/CompressedImage`` or an image file, ``to_rgb`` converts grey, RGBA,
-16-bit and float arrays. Everything that cannot be used raises ``InputError``.
+16-bit and float arrays. Everything that cannot be used raises ``InputError``. On a CUDA device,
+``DeviceJpegDecoder`` decodes JPEG on the GPU (nvjpeg) to a 3xHxW uint8 tensor that stays there.
 
 Compressed images larger than ``MAX_IMAGE_SIDE`` / ``MAX_IMAGE_PIXELS`` are refused from the
 size their header declares, before any pixel is decoded (``compressed_size``).
@@ -12,11 +13,14 @@ size their header declares, before any pixel is decoded (``compressed_size``).
 import os
 import re
 import struct
-from typing import Optional
+from typing import Any, Callable, Optional, TYPE_CHECKING, Union
 
 import numpy as np
 
 from vlm_perception.core.errors import InputError
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made, not with this module
+    import torch
 
 MAX_IMAGE_SIDE = 8192
 MAX_IMAGE_PIXELS = 40_000_000
@@ -271,6 +275,58 @@ def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray,
                                 else cv2.COLOR_BGRA2RGB)
         decoded = decoded[:, :, 2::-1]  # a view: to_rgb converts without another copy
     return to_rgb(decoded)
+
+
+class DeviceJpegDecoder:
+    """
+    Decode compressed frames for a CUDA device: JPEG there with nvjpeg, the rest on the CPU.
+
+    A JPEG becomes a 3xHxW uint8 tensor on the device (``torchvision.io.decode_jpeg``), which
+    Frame takes as it is: the pixels cross the bus compressed, and device-side preprocessing
+    starts from them. Data nvjpeg refuses is decoded by ``decode_compressed``: if that fails too
+    the data was bad (its InputError); if it works nvjpeg cannot serve this frame (a torchvision
+    without GPU decoding, a JPEG kind nvjpeg lacks), and ``on_fallback`` hears why, once.
+    """
+
+    def __init__(self, device: Any, on_fallback: Callable[[str], None] = lambda reason: None,
+                 max_side: int = MAX_IMAGE_SIDE, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+        """Decode for device (a CUDA one; any torch device works, the CPU for tests)."""
+        import torch
+
+        self.device = torch.device(device)
+        self._on_fallback: Optional[Callable[[str], None]] = on_fallback
+        self._limits = (max_side, max_pixels)
+
+    def __call__(self, data: bytes | bytearray | memoryview | np.ndarray
+                 ) -> Union[np.ndarray, 'torch.Tensor']:
+        """Return a JPEG's pixels as a tensor on the device, other formats' as an RGB array."""
+        buffer = _byte_buffer(data)
+        if buffer[:3].tobytes() != b'\xff\xd8\xff':
+            return decode_compressed(buffer, *self._limits)
+        declared = compressed_size(buffer)  # before nvjpeg allocates anything
+        if declared is not None:
+            _check_size(*declared, *self._limits)
+        import torch
+        from torchvision.io import decode_jpeg, ImageReadMode
+
+        try:
+            return decode_jpeg(torch.from_numpy(buffer.copy()), mode=ImageReadMode.RGB,
+                               device=self.device)
+        except RuntimeError as error:
+            pixels = decode_compressed(buffer, *self._limits)  # bad data: its InputError
+            if self._on_fallback is not None:
+                report, self._on_fallback = self._on_fallback, None
+                report(f'JPEG decoding on {self.device} failed ({error}); such frames are '
+                       'decoded on the CPU')
+            return pixels
+
+
+def frame_decoder(device: str, on_fallback: Callable[[str], None] = lambda reason: None
+                  ) -> Callable[[bytes], Union[np.ndarray, 'torch.Tensor']]:
+    """Return how to decode compressed frames for models on device: nvjpeg on CUDA (above)."""
+    if device.startswith('cuda'):
+        return DeviceJpegDecoder(device, on_fallback)
+    return decode_compressed
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:

@@ -144,7 +144,7 @@ class CameraStream:
         if image is None:
             return detections, (f'no depth: no depth image within depth_slop '
                                 f'({depth["depth_slop"]:g} s) of the image')
-        height, width = frame.rgb.shape[:2]
+        height, width = frame.size
         return place_all(detections, image, camera, width, height, depth['min_depth'],
                          depth['max_depth']), ''
 

@@ -9,7 +9,7 @@ rclpy's generated classes.
 
 from functools import lru_cache
 import importlib
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -25,6 +25,7 @@ from vlm_perception.core import message_layout as layout
 from vlm_perception.core import types
 from vlm_perception.core.depth import DepthImage, PinholeCamera, RigidTransform
 from vlm_perception.core.errors import InputError
+from vlm_perception.core.frame import image_size, RGBImage
 from vlm_perception.core.image import check_image_size
 from vlm_perception.core.memory.entries import MemoryMatch
 from vlm_perception.ros.diagnostics import DiagnosticReport, ERROR, OK, WARN
@@ -94,11 +95,17 @@ def checked_compressed_data(image: CompressedImage) -> bytes:
     return data
 
 
-def decode_checked(data: bytes) -> np.ndarray:
-    """Decode data from checked_compressed_data to RGB pixels the node accepts; InputError."""
-    rgb = core_image.decode_compressed(data)
-    check_image_size(*rgb.shape[:2])
-    return rgb
+def decode_checked(data: bytes, decode: Callable[[bytes], RGBImage] = core_image.decode_compressed
+                   ) -> RGBImage:
+    """
+    Decode data from checked_compressed_data to pixels the node accepts; InputError.
+
+    decode: decode_compressed (an RGB array), or a core_image.frame_decoder for the models'
+    device (a tensor there for JPEG on CUDA).
+    """
+    pixels = decode(data)
+    check_image_size(*image_size(pixels))
+    return pixels
 
 
 def depth_image(image: Image, depth_scale: float) -> DepthImage:

@@ -107,6 +107,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 
 from vlm_perception import msg, srv
+from vlm_perception.core import image as core_image
 from vlm_perception.core.depth import RigidTransform
 from vlm_perception.core.engine import clean_labels, clean_text, EngineConfig, PerceptionEngine
 from vlm_perception.core.errors import InputError, ModelLoadError, OutOfMemory
@@ -245,6 +246,8 @@ class PerceptionNode(LifecycleNode):
         self._tf_listener = (tf2_ros.TransformListener(self._tf_buffer, self)
                              if tf2_ros is not None else None)
         self._engine: Optional[PerceptionEngine] = None  # made and loaded by configure
+        # compressed frames: nvjpeg into the models' GPU memory when they run on CUDA
+        self._decode: Callable[[bytes], Any] = core_image.decode_compressed
         self._memory: Optional[SceneMemory] = None  # opened by configure (and activate)
         self._memory_lock = threading.Lock()  # open and close against the stream and recall
         self._memory_closed = {'written': 0, 'dropped': 0}  # of the memories closed so far
@@ -427,6 +430,7 @@ class PerceptionNode(LifecycleNode):
                                f'(preset {self._value("preset")})')
         self._engine.load(capabilities=capabilities, warmup=self._value('warmup'))
         self.stats.device = self._engine.device
+        self._decode = core_image.frame_decoder(self._engine.device, self.get_logger().warning)
         self.stats.model_state = 'ready'
         if self._value('device') == 'auto' and self._engine.device == 'cpu':
             self.get_logger().warning('device auto: no CUDA device found, running on the CPU')
@@ -718,7 +722,8 @@ class PerceptionNode(LifecycleNode):
                 camera.stats.record_received()
                 self._reject('compressed image', error, camera.stats)
                 return
-            self._keep(camera, image.header, lambda: conversions.decode_checked(data),
+            decode = self._decode
+            self._keep(camera, image.header, lambda: conversions.decode_checked(data, decode),
                        'compressed image', decode_now=False)
 
     def _on_depth(self, camera: CameraStream, image: Image) -> None:
@@ -927,7 +932,7 @@ class PerceptionNode(LifecycleNode):
             scene = SceneDescription(caption=camera.caption, tags=tags, detections=detections)
             scene.summary = summarize(scene.caption, tags,
                                       detections if 'detect' in capabilities else None,
-                                      frame.rgb.shape[1])
+                                      frame.size[1])
             camera.scene_pub.publish(conversions.scene_to_msg(scene, frame.header))
             camera.scene_text_pub.publish(String(data=scene.summary))
             camera.markers_pub.publish(conversions.summary_marker(scene.summary, frame.header))
@@ -1093,7 +1098,7 @@ class PerceptionNode(LifecycleNode):
         if self._use_depth:
             scene.detections, _ = camera.placed(frame, scene.detections, self._depth)
             scene.summary = summarize(scene.caption, scene.tags, scene.detections,
-                                      frame.rgb.shape[1], scene.answer)
+                                      frame.size[1], scene.answer)
         response.scene = conversions.scene_to_msg(scene, frame.header)
         if scene.answer is not None:
             response.answer = scene.answer.answer

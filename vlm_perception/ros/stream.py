@@ -8,6 +8,7 @@ from typing import Any, Callable, Generic, Optional, TypeVar
 import numpy as np
 
 from vlm_perception.core.errors import InputError
+from vlm_perception.core.frame import host_array, image_size, RGBImage
 
 Item = TypeVar('Item')
 FUTURE_TOLERANCE_S = 0.5  # clocks of camera and node may differ this much
@@ -102,21 +103,24 @@ def check_max_age(max_age: float) -> float:
 
 class SourceFrame:
     """
-    A received image: its header (kept opaque), stamp, RGB pixels and engine frame.
+    A received image: its header (kept opaque), stamp, pixels and engine frame.
 
     The pixels are made by convert() once, when first asked for: a compressed frame that a newer
-    one supersedes before anyone takes it is never decoded. A conversion failure goes to
-    on_error once; the frame then has no pixels. The engine frame (which caches model
-    encodings) is made once too, so the stream and a query about the same image share it.
+    one supersedes before anyone takes it is never decoded. They are an (H, W, 3) uint8 array,
+    or a 3xHxW uint8 tensor on the models' GPU for a JPEG decoded there (``rgb`` copies that to
+    the host once, for those who draw or store it). A conversion failure goes to on_error once;
+    the frame then has no pixels. The engine frame (which caches model encodings) is made once
+    too, so the stream and a query about the same image share it.
     """
 
-    def __init__(self, header: Any, stamp_ns: int, convert: Callable[[], np.ndarray],
+    def __init__(self, header: Any, stamp_ns: int, convert: Callable[[], RGBImage],
                  on_error: Callable[[InputError], None] = lambda error: None) -> None:
-        """Keep the message's header and stamp, and how to make its (H, W, 3) uint8 pixels."""
+        """Keep the message's header and stamp, and how to make its pixels."""
         self.header = header
         self.stamp_ns = stamp_ns
-        self._convert: Optional[Callable[[], np.ndarray]] = convert
+        self._convert: Optional[Callable[[], RGBImage]] = convert
         self._on_error = on_error
+        self._pixels: Optional[RGBImage] = None
         self._rgb: Optional[np.ndarray] = None
         self._engine_frame: Any = None
         self._lock = threading.Lock()
@@ -127,22 +131,34 @@ class SourceFrame:
             if self._convert is not None:
                 convert, self._convert = self._convert, None  # frees the message after it
                 try:
-                    self._rgb = convert()
+                    self._pixels = convert()
                 except InputError as error:
                     self._on_error(error)
-            return self._rgb is not None
+            return self._pixels is not None
+
+    def _checked_pixels(self) -> RGBImage:
+        if not self.decoded():
+            raise InputError('the image could not be converted (counted as rejected)')
+        return self._pixels
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Return (height, width); InputError when the pixels could not be made."""
+        return image_size(self._checked_pixels())
 
     @property
     def rgb(self) -> np.ndarray:
-        """Return the (H, W, 3) uint8 RGB pixels; InputError when they could not be made."""
-        if not self.decoded():
-            raise InputError('the image could not be converted (counted as rejected)')
-        return self._rgb
+        """Return the (H, W, 3) uint8 RGB array; InputError when the pixels could not be made."""
+        pixels = self._checked_pixels()
+        with self._lock:
+            if self._rgb is None:
+                self._rgb = host_array(pixels)
+            return self._rgb
 
-    def engine_frame(self, make: Callable[[np.ndarray], Any]) -> Any:
-        """Return the engine frame of this image, making it with make(rgb) the first time."""
-        rgb = self.rgb
+    def engine_frame(self, make: Callable[[RGBImage], Any]) -> Any:
+        """Return the engine frame of this image, making it with make(pixels) the first time."""
+        pixels = self._checked_pixels()
         with self._lock:
             if self._engine_frame is None:
-                self._engine_frame = make(rgb)
+                self._engine_frame = make(pixels)
             return self._engine_frame
