@@ -125,9 +125,10 @@ def test_a_question_flood_does_not_starve_a_query(ros) -> None:
     assert future.result().success, future.result().message
     between = sum(1 for replies in answers.values() for at, _ in replies if sent < at < replied)
     # Fair: a batch of questions (the tiny models answer one in about 10 ms) before each of the
-    # query's engine turns (detect, then its question) and the one in transit; unfair would be
-    # most of the ~100 still queued.
-    assert between <= 3 * QUESTION_BATCH, f'{between} questions answered while the query waited'
+    # query's engine turns (detect, then its question), the one whose answers were in transit
+    # when it was sent, and the one begun while its reply is (CI once saw 25 = 3 batches and
+    # one answer of the next); unfair would be most of the ~100 still queued.
+    assert between <= 4 * QUESTION_BATCH, f'{between} questions answered while the query waited'
     assert spin_until(ros, lambda: len(answers) == 100, timeout=60.0), len(answers)
 
 
