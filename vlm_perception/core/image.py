@@ -240,6 +240,18 @@ def _check_size(width: int, height: int, max_side: int, max_pixels: int) -> None
                          f'pixels a side or {max_pixels} in all')
 
 
+def _checked_buffer(data: bytes | bytearray | memoryview | np.ndarray, max_side: int,
+                    max_pixels: int) -> np.ndarray:
+    """Return the bytes as a uint8 array; InputError if empty or its header declares too much."""
+    buffer = _byte_buffer(data)
+    if buffer.size == 0:
+        raise InputError('compressed image data is empty')
+    declared = compressed_size(buffer)
+    if declared is not None:
+        _check_size(*declared, max_side, max_pixels)
+    return buffer
+
+
 def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray,
                       max_side: int = MAX_IMAGE_SIDE,
                       max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -251,12 +263,7 @@ def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray,
     (``OPENCV_IO_MAX_IMAGE_PIXELS``, ours unless set before) applies as well. Every failure
     is an InputError.
     """
-    buffer = _byte_buffer(data)
-    if buffer.size == 0:
-        raise InputError('compressed image data is empty')
-    declared = compressed_size(buffer)
-    if declared is not None:
-        _check_size(*declared, max_side, max_pixels)
+    buffer = _checked_buffer(data, max_side, max_pixels)
     import cv2
 
     try:
@@ -300,12 +307,9 @@ class DeviceJpegDecoder:
     def __call__(self, data: bytes | bytearray | memoryview | np.ndarray
                  ) -> Union[np.ndarray, 'torch.Tensor']:
         """Return a JPEG's pixels as a tensor on the device, other formats' as an RGB array."""
-        buffer = _byte_buffer(data)
+        buffer = _checked_buffer(data, *self._limits)  # before nvjpeg allocates anything
         if buffer[:3].tobytes() != b'\xff\xd8\xff':
             return decode_compressed(buffer, *self._limits)
-        declared = compressed_size(buffer)  # before nvjpeg allocates anything
-        if declared is not None:
-            _check_size(*declared, *self._limits)
         import torch
         from torchvision.io import decode_jpeg, ImageReadMode
 
