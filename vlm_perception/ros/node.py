@@ -111,6 +111,7 @@ from vlm_perception.core import image as core_image
 from vlm_perception.core.depth import RigidTransform
 from vlm_perception.core.engine import clean_labels, clean_text, EngineConfig, PerceptionEngine
 from vlm_perception.core.errors import InputError, ModelLoadError, OutOfMemory
+from vlm_perception.core.frame import Frame
 from vlm_perception.core.memory import (MemoryConfig, MemoryEntry, MemoryStoreError,
                                         SceneMemory)
 from vlm_perception.core.options import ModelOptions, OPTION_NAMES
@@ -480,7 +481,7 @@ class PerceptionNode(LifecycleNode):
                 'memory dropped': str(self._memory_closed['dropped'] + stats['dropped']),
                 'memory pending': str(stats['pending'])}
 
-    def _remember(self, camera: CameraStream, frame: SourceFrame, engine_frame: Any,
+    def _remember(self, camera: CameraStream, frame: SourceFrame, engine_frame: Frame,
                   scene: SceneDescription) -> None:
         """Offer a refreshed scene to the memory (queued: the stream never waits for it)."""
         memory, engine = self._memory, self._engine
@@ -516,7 +517,7 @@ class PerceptionNode(LifecycleNode):
             detections=[dataclasses.replace(item, mask=None) for item in detections],
             embedding=embedding,
             tagger_model_id=engine.model_ids['tags'] if embedding is not None else '')
-        memory.offer(entry, frame.rgb)
+        memory.offer(entry, engine_frame.image)
 
     def _pause(self) -> None:
         """Stop taking images and wait for the frame being processed (the stream then waits)."""
@@ -906,7 +907,7 @@ class PerceptionNode(LifecycleNode):
             except OutOfMemory as error:  # skip the rest of the frame, not the other cameras
                 self._count_out_of_memory(error, camera.stats)
 
-    def _publish_stream(self, camera: CameraStream, frame: SourceFrame, engine_frame: Any,
+    def _publish_stream(self, camera: CameraStream, frame: SourceFrame, engine_frame: Frame,
                         detections: list[Detection], capabilities: tuple[str, ...]) -> None:
         """Mask and place a camera's detections, publish them and, when due, its scene."""
         engine, stats = self._engine, camera.stats
@@ -940,7 +941,7 @@ class PerceptionNode(LifecycleNode):
                 self._remember(camera, frame, engine_frame, scene)
         if camera.annotated_pub.get_subscription_count() > 0:
             camera.annotated_pub.publish(conversions.rgb_to_image(
-                annotate(frame.rgb, detections, camera.caption), frame.header))
+                annotate(engine_frame.image, detections, camera.caption), frame.header))
         stats.record_processed()
 
     def _publish_3d(self, camera: CameraStream, detections: msg.DetectionArray) -> None:

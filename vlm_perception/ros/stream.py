@@ -5,10 +5,9 @@ import threading
 import time
 from typing import Any, Callable, Generic, Optional, TypeVar
 
-import numpy as np
 
 from vlm_perception.core.errors import InputError
-from vlm_perception.core.frame import host_array, image_size, RGBImage
+from vlm_perception.core.frame import image_size, RGBImage
 
 Item = TypeVar('Item')
 FUTURE_TOLERANCE_S = 0.5  # clocks of camera and node may differ this much
@@ -107,10 +106,10 @@ class SourceFrame:
 
     The pixels are made by convert() once, when first asked for: a compressed frame that a newer
     one supersedes before anyone takes it is never decoded. They are an (H, W, 3) uint8 array,
-    or a 3xHxW uint8 tensor on the models' GPU for a JPEG decoded there (``rgb`` copies that to
-    the host once, for those who draw or store it). A conversion failure goes to on_error once;
-    the frame then has no pixels. The engine frame (which caches model encodings) is made once
-    too, so the stream and a query about the same image share it.
+    or a 3xHxW uint8 tensor on the models' GPU for a JPEG decoded there (the engine frame's
+    ``image`` copies that to the host once, for those who draw or store it). A conversion
+    failure goes to on_error once; the frame then has no pixels. The engine frame (which caches
+    model encodings) is made once too, so the stream and a query about the same image share it.
     """
 
     def __init__(self, header: Any, stamp_ns: int, convert: Callable[[], RGBImage],
@@ -121,7 +120,6 @@ class SourceFrame:
         self._convert: Optional[Callable[[], RGBImage]] = convert
         self._on_error = on_error
         self._pixels: Optional[RGBImage] = None
-        self._rgb: Optional[np.ndarray] = None
         self._engine_frame: Any = None
         self._lock = threading.Lock()
 
@@ -145,15 +143,6 @@ class SourceFrame:
     def size(self) -> tuple[int, int]:
         """Return (height, width); InputError when the pixels could not be made."""
         return image_size(self._checked_pixels())
-
-    @property
-    def rgb(self) -> np.ndarray:
-        """Return the (H, W, 3) uint8 RGB array; InputError when the pixels could not be made."""
-        pixels = self._checked_pixels()
-        with self._lock:
-            if self._rgb is None:
-                self._rgb = host_array(pixels)
-            return self._rgb
 
     def engine_frame(self, make: Callable[[RGBImage], Any]) -> Any:
         """Return the engine frame of this image, making it with make(pixels) the first time."""
