@@ -35,7 +35,8 @@ def test_bench_reports_engine_and_node_rates(tiny_preset, tmp_path: Path) -> Non
         for name in CASE_FIELDS:
             assert name in case, name
         [repeat] = case['repeats']
-        assert repeat['engine']['fps'] > 0 and repeat['engine']['frames'] >= 1
+        assert [window['frames'] >= 1 for window in case['engine_windows']] == [True, True]
+        assert repeat['engine_windows'] == [0, 1] and repeat['engine_fps'] > 0
         assert repeat['node']['processed'] >= 1 and case['node_fps'] > 0
         assert case['camera_hz'] == pytest.approx(15, rel=0.2)
         assert case['age_p50_ms'] > 0 and case['bound_ms'] > 1000 / 15

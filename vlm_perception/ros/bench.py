@@ -8,7 +8,10 @@ For each case the bench starts the perception node (``python -m vlm_perception.r
 current node, as a process of its own) with ``capabilities:=[detect]`` and a camera process that
 publishes pre-rendered 640x480 rgb8 shapes frames (DriftingScene, looped) at ``--rate`` Hz,
 stamped now, raw on ``image`` or JPEG (quality 90) on ``image/compressed``. It then measures,
-interleaved, ``--repeats`` times:
+interleaved, the engine, then ``--repeats`` times the node and the engine again, so that each
+node window lies between two engine windows (the speed of a shared machine drifts by several
+per cent from one 20 s window to the next; the engine's figures of a node window are those of
+the windows around it):
 
 1. the bare engine (PerceptionEngine, same preset, detector and device, in this process, on a
    worker thread as in the node's executor): ``engine.detect(engine.frame(rgb))`` over the same
@@ -20,8 +23,8 @@ interleaved, ``--repeats`` times:
    processed frame (receive time - header stamp; one clock: same machine).
 
 After a warm-up of ``--warmup`` seconds each measurement lasts ``--seconds``. Rates and ratios
-are medians over the repeats; ages and their bound are percentiles over the frames of all
-repeats pooled (a window holds only a few dozen frames of a slow detector). Reported per case:
+are medians over the windows; ages and their bound are percentiles over the frames of all
+windows pooled (a window holds only a few dozen frames of a slow detector). Reported per case:
 engine FPS, the camera rate achieved, node FPS, ratio = node FPS / min(engine FPS, camera rate)
 (targets: >= 0.8 with the shapes models, >= 0.9 with the OWL-ViT B/32), p50 / p95 age of the
 processed frames, the p95 against the bound "one inference + one camera period" (the bare
@@ -708,27 +711,42 @@ def run_case(case: Case, options: argparse.Namespace, probe: Probe, engine: Any,
         topic = probe.listen(case, idle=False)
         probe.wait_connected(topic)
         pids = {'node': node.process.pid, 'camera': camera.process.pid, 'bench': os.getpid()}
-        repeats = []
-        for repeat in range(options.repeats):
-            print(f'  {case.name} repeat {repeat + 1}/{options.repeats}: engine', end='',
-                  flush=True)
+        pauses = 0
+
+        def engine_window() -> dict[str, Any]:
+            """Measure the bare engine while the camera streams and the node is deactivated."""
+            nonlocal pauses
             probe.transition('deactivate')
             camera.signal(signal.SIGUSR1)  # the camera's load, as while the node is measured
             cpu = CpuMeter(pids)
-            engine_figures = measure_engine_on(options.engine_thread, engine, engine_frames,
-                                               options.warmup, options.seconds, case.threshold)
-            engine_figures['cpu_cores'] = cpu.stop()  # warm-up included
+            figures = measure_engine_on(options.engine_thread, engine, engine_frames,
+                                        options.warmup, options.seconds, case.threshold)
+            figures['cpu_cores'] = cpu.stop()  # warm-up included
             camera.signal(signal.SIGUSR2)
-            camera.wait_for(f'paused {2 * repeat + 1}\n', 30.0)
+            pauses += 1
+            camera.wait_for(f'paused {pauses}\n', 30.0)
+            print(f' engine {figures["fps"]:.2f} FPS', end='', flush=True)
+            return figures
+
+        print(f'  {case.name}:', end='', flush=True)
+        engines, repeats = [engine_window()], []
+        for repeat in range(options.repeats):
             probe.transition('activate')
             probe.wait_connected(topic)  # the node's new subscription
-            print(f' {engine_figures["fps"]:.2f} FPS; node', end='', flush=True)
+            pauses += 1
             node_figures = measure_node(probe, camera, options.warmup, options.seconds, pids,
-                                        2 * repeat + 2, stamps_file)
-            print(f' {node_figures["fps"]:.2f} FPS (camera {_fmt(node_figures["camera_hz"])} '
-                  f'Hz)', flush=True)
-            repeats.append({'engine': engine_figures, 'node': node_figures,
-                            'ratio': repeat_ratio(engine_figures, node_figures, options.rate)})
+                                        pauses, stamps_file)
+            print(f'; node {node_figures["fps"]:.2f} FPS (camera '
+                  f'{_fmt(node_figures["camera_hz"])} Hz);', end='', flush=True)
+            engines.append(engine_window())
+            # the engine windows just before and after: a drift of the machine's speed meanwhile
+            # weighs on both sides alike
+            engine_fps = statistics.fmean(window['fps'] for window in engines[-2:])
+            repeats.append({'node': node_figures, 'engine_windows': [repeat, repeat + 1],
+                            'engine_fps': engine_fps,
+                            'ratio': repeat_ratio(engine_fps, node_figures, options.rate)})
+        print(flush=True)
+        result['engine_windows'] = engines
         result['repeats'] = repeats
     finally:
         if camera is not None:
@@ -736,41 +754,44 @@ def run_case(case: Case, options: argparse.Namespace, probe: Probe, engine: Any,
         result['node_stop'] = node.stop()
         result['node_log'] = str(node.log)
     result['duration_s'] = time.monotonic() - started
-    result.update(summarize(result['repeats'], case.target_ratio, options.rate))
+    result.update(summarize(result['engine_windows'], result['repeats'], case.target_ratio,
+                            options.rate))
     return result
 
 
-def repeat_ratio(engine: dict[str, Any], node: dict[str, Any], rate: float) -> Optional[float]:
+def repeat_ratio(engine_fps: float, node: dict[str, Any], rate: float) -> Optional[float]:
     """Return one repeat's ratio: node FPS / min(engine FPS, camera rate)."""
     camera_hz = node['camera_hz'] if node.get('camera_hz') else rate
-    expected = min(engine['fps'], camera_hz)
+    expected = min(engine_fps, camera_hz)
     return node['fps'] / expected if expected > 0 else None
 
 
-def summarize(repeats: list[dict[str, Any]], target: float, rate: float) -> dict[str, Any]:
+def summarize(engines: list[dict[str, Any]], repeats: list[dict[str, Any]], target: float,
+              rate: float) -> dict[str, Any]:
     """
-    Return a case's figures: rates and ratio as medians over its repeats; ages and bound pooled.
+    Return a case's figures: rates and ratio as medians; ages and bound pooled.
 
-    A window holds a few dozen frames of a slow detector, too few for a steady 95th percentile:
-    the age p95 is taken over the processed frames of all repeats, the bound over all the
+    engines are the engine windows (one before the first node window and one after each),
+    repeats the node windows with the ratio each has against the engine windows around it. A
+    window holds a few dozen frames of a slow detector, too few for a steady 95th percentile:
+    the age p95 is taken over the processed frames of all node windows, the bound over all the
     engine's inferences (+ one camera period).
     """
-    def of(part: str, key: str) -> Optional[float]:
-        return median([repeat[part].get(key) for repeat in repeats])
+    def cores(windows: list[dict[str, Any]], name: str) -> Optional[float]:
+        return median([(window.get('cpu_cores') or {}).get(name) for window in windows])
 
-    def pooled(part: str, key: str) -> list[float]:
-        return [value for repeat in repeats for value in repeat[part].get(key, [])]
-
-    ages, inferences = pooled('node', 'ages_ms'), pooled('engine', 'inference_ms')
+    nodes = [repeat['node'] for repeat in repeats]
+    ages = [value for node in nodes for value in node.get('ages_ms', [])]
+    inferences = [value for window in engines for value in window.get('inference_ms', [])]
     # p95 against p95: the age holds the frame's own inference, which varies as much
     inference_p95 = percentile(inferences, 0.95)
 
     ratio = median([repeat['ratio'] for repeat in repeats])
     summary = {
-        'engine_fps': of('engine', 'fps'),
-        'engine_inference_ms': of('engine', 'inference_ms_p50'),
-        'camera_hz': of('node', 'camera_hz'),
-        'node_fps': of('node', 'fps'),
+        'engine_fps': median([window.get('fps') for window in engines]),
+        'engine_inference_ms': percentile(inferences, 0.5),
+        'camera_hz': median([node.get('camera_hz') for node in nodes]),
+        'node_fps': median([node.get('fps') for node in nodes]),
         'ratio': ratio,
         'target_ratio': target,
         'meets_target': ratio is not None and ratio >= target,
@@ -778,14 +799,11 @@ def summarize(repeats: list[dict[str, Any]], target: float, rate: float) -> dict
         'age_p95_ms': percentile(ages, 0.95),
         'processed_frames': len(ages),
         'bound_ms': None if inference_p95 is None else inference_p95 + 1e3 / rate,
-        'node_input_hz': of('node', 'node_input_hz'),
-        'node_detect_ms': of('node', 'node_detect_ms_mean'),
-        'others_cores_engine': median([(repeat['engine'].get('cpu_cores') or {}).get('others')
-                                       for repeat in repeats]),
-        'others_cores_node': median([(repeat['node'].get('cpu_cores') or {}).get('others')
-                                     for repeat in repeats]),
-        'node_cores': median([(repeat['node'].get('cpu_cores') or {}).get('node')
-                              for repeat in repeats]),
+        'node_input_hz': median([node.get('node_input_hz') for node in nodes]),
+        'node_detect_ms': median([node.get('node_detect_ms_mean') for node in nodes]),
+        'others_cores_engine': cores(engines, 'others'),
+        'others_cores_node': cores(nodes, 'others'),
+        'node_cores': cores(nodes, 'node'),
     }
     bound, p95 = summary['bound_ms'], summary['age_p95_ms']
     summary['age_within_bound'] = bound is not None and p95 is not None and p95 <= bound
@@ -1010,9 +1028,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(table(results))
     print('\nratio = node FPS / min(engine FPS, camera Hz), target >= '
           + ', '.join(f'{value:g} ({model})' for model, value in TARGET_RATIO.items())
-          + f'; FPS and ratio: median of {options.repeats} repeats of {options.seconds:g} s; '
-          'age (receive - stamp) p95 over the frames of all repeats, within bound = the '
-          "engine's inference p95 (all repeats) + one camera period; others = CPU cores used "
+          + f'; FPS and ratio: median of {options.repeats} node windows of '
+          f'{options.seconds:g} s, each between two engine windows; '
+          'age (receive - stamp) p95 over the frames of all node windows, within bound = the '
+          "engine's inference p95 (all its windows) + one camera period; others = CPU cores used "
           'by other processes of the machine meanwhile (engine/node measurement)')
     print(f'{report_file} ({report["duration_s"]:.0f} s in all)')
     return 1 if failures else 0
