@@ -15,7 +15,7 @@ the windows around it):
 
 1. the bare engine (PerceptionEngine, same preset, detector and device, in this process, on a
    worker thread as in the node's executor): ``engine.detect(engine.frame(rgb))`` over the same
-   frames (for compressed cases the frames as decoded from the same JPEG bytes), while the
+   frames (for compressed cases the same JPEG bytes, decoded in the loop), while the
    camera streams and the node is deactivated (lifecycle: models loaded, no subscription), so
    that both measurements share the camera's load and differ only by what the node does;
 2. the node, fed by the camera: processed frames per second (``detections`` received here: the
@@ -331,15 +331,27 @@ class CpuMeter:
 
 # --- the bare engine -----------------------------------------------------------------------------
 
-def measure_engine(engine: Any, frames: Sequence[np.ndarray], warmup: float, seconds: float,
-                   threshold: Optional[float] = None) -> dict[str, Any]:
-    """Run engine.detect(engine.frame(rgb)) over the frames in a loop; rate and time per frame."""
+def engine_image(frame: np.ndarray | bytes) -> np.ndarray:
+    """Return the RGB image of a frame as the camera sends it: raw as it is, JPEG decoded."""
+    from vlm_perception.core.image import decode_compressed
+
+    return decode_compressed(frame) if isinstance(frame, bytes) else frame
+
+
+def measure_engine(engine: Any, frames: Sequence[np.ndarray | bytes], warmup: float,
+                   seconds: float, threshold: Optional[float] = None) -> dict[str, Any]:
+    """
+    Run engine.detect(engine.frame(image)) over the frames in a loop; rate and time per frame.
+
+    JPEG frames (bytes) are decoded in the loop, as the node decodes each frame it takes.
+    """
     index = 0
 
     def once() -> float:
         nonlocal index
         start = time.perf_counter()
-        engine.detect(engine.frame(frames[index % len(frames)]), threshold=threshold)
+        engine.detect(engine.frame(engine_image(frames[index % len(frames)])),
+                      threshold=threshold)
         index += 1
         return time.perf_counter() - start
 
@@ -358,7 +370,8 @@ def measure_engine(engine: Any, frames: Sequence[np.ndarray], warmup: float, sec
             'inference_ms': [round(value * 1e3, 2) for value in times]}
 
 
-def measure_engine_on(thread: str, engine: Any, frames: Sequence[np.ndarray], warmup: float,
+def measure_engine_on(thread: str, engine: Any, frames: Sequence[np.ndarray | bytes],
+                      warmup: float,
                       seconds: float, threshold: Optional[float] = None) -> dict[str, Any]:
     """
     Run measure_engine on a thread of its own ('worker', as the node does) or on this one.
@@ -694,7 +707,7 @@ def wait_idle(probe: Probe, last_seq: int) -> float:
 # --- one case ------------------------------------------------------------------------------------
 
 def run_case(case: Case, options: argparse.Namespace, probe: Probe, engine: Any,
-             engine_frames: Sequence[np.ndarray], frames_file: Path) -> dict[str, Any]:
+             engine_frames: Sequence[np.ndarray | bytes], frames_file: Path) -> dict[str, Any]:
     """Start node and camera, measure engine and node interleaved, stop both."""
     logs = Path(options.out) / 'logs'
     slug = case.name.replace('/', '-')
@@ -969,7 +982,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     import rclpy
 
-    from vlm_perception.core.image import decode_compressed
     from vlm_perception.core.presets import get_preset
 
     own = options.preset if options.preset in TARGET_RATIO else Path(options.preset).name
@@ -981,9 +993,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              for model, detector in models for kind, reliability in options.cases]
     print(f'rendering {options.frames} frames', flush=True)
     raw = render_frames(options.frames, options.rate)
-    decoded = None
-    if any(case.compressed for case in cases):
-        decoded = [decode_compressed(encode_jpeg(rgb)) for rgb in raw]
+    jpegs = ([encode_jpeg(rgb) for rgb in raw] if any(case.compressed for case in cases)
+             else None)
     rclpy.init(args=None)
     probe = Probe()
     results: list[dict[str, Any]] = []
@@ -1013,7 +1024,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f'case {case.name}', flush=True)
                 try:
                     results.append(run_case(case, options, probe, engine,
-                                            decoded if case.compressed else raw, frames_file))
+                                            jpegs if case.compressed else raw, frames_file))
                 except RuntimeError as error:
                     print(f'case {case.name} failed: {error}', file=sys.stderr, flush=True)
                     failures.append(f'{case.name}: {error}')
