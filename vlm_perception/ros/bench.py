@@ -45,7 +45,7 @@ and the subscriber's deserialisation, not the node, then took tens of millisecon
 
 Output: a table on stdout and ``<out>/bench.json`` (default log/bench); the processes' logs
 under ``<out>/logs``. The node is stopped with SIGINT after each case. On two CPU cores the
-default set takes about 8 minutes, each OWL-ViT B/32 case about 3 more (its first build 10 s,
+default set takes about 9 minutes, each OWL-ViT B/32 case about 3 more (its first build 10 s,
 590 MB on disk). The CPU time other processes took meanwhile is reported too ("others"): on a
 shared machine figures compare only at a like load.
 """
