@@ -35,7 +35,8 @@ def test_bench_reports_engine_and_node_rates(tiny_preset, tmp_path: Path) -> Non
         for name in CASE_FIELDS:
             assert name in case, name
         [repeat] = case['repeats']
-        assert [window['frames'] >= 1 for window in case['engine_windows']] == [True, True]
+        assert len(case['engine_windows']) == 2  # one before the node window, one after
+        assert all(window['frames'] >= 1 for window in case['engine_windows'])
         assert repeat['engine_windows'] == [0, 1] and repeat['engine_fps'] > 0
         assert repeat['node']['processed'] >= 1 and case['node_fps'] > 0
         assert case['camera_hz'] == pytest.approx(15, rel=0.2)

@@ -371,8 +371,8 @@ def measure_engine(engine: Any, frames: Sequence[np.ndarray | bytes], warmup: fl
 
 
 def measure_engine_on(thread: str, engine: Any, frames: Sequence[np.ndarray | bytes],
-                      warmup: float,
-                      seconds: float, threshold: Optional[float] = None) -> dict[str, Any]:
+                      warmup: float, seconds: float,
+                      threshold: Optional[float] = None) -> dict[str, Any]:
     """
     Run measure_engine on a thread of its own ('worker', as the node does) or on this one.
 
@@ -790,6 +790,9 @@ def summarize(engines: list[dict[str, Any]], repeats: list[dict[str, Any]], targ
     the age p95 is taken over the processed frames of all node windows, the bound over all the
     engine's inferences (+ one camera period).
     """
+    def of(windows: list[dict[str, Any]], key: str) -> Optional[float]:
+        return median([window.get(key) for window in windows])
+
     def cores(windows: list[dict[str, Any]], name: str) -> Optional[float]:
         return median([(window.get('cpu_cores') or {}).get(name) for window in windows])
 
@@ -801,10 +804,10 @@ def summarize(engines: list[dict[str, Any]], repeats: list[dict[str, Any]], targ
 
     ratio = median([repeat['ratio'] for repeat in repeats])
     summary = {
-        'engine_fps': median([window.get('fps') for window in engines]),
+        'engine_fps': of(engines, 'fps'),
         'engine_inference_ms': percentile(inferences, 0.5),
-        'camera_hz': median([node.get('camera_hz') for node in nodes]),
-        'node_fps': median([node.get('fps') for node in nodes]),
+        'camera_hz': of(nodes, 'camera_hz'),
+        'node_fps': of(nodes, 'fps'),
         'ratio': ratio,
         'target_ratio': target,
         'meets_target': ratio is not None and ratio >= target,
@@ -812,8 +815,8 @@ def summarize(engines: list[dict[str, Any]], repeats: list[dict[str, Any]], targ
         'age_p95_ms': percentile(ages, 0.95),
         'processed_frames': len(ages),
         'bound_ms': None if inference_p95 is None else inference_p95 + 1e3 / rate,
-        'node_input_hz': median([node.get('node_input_hz') for node in nodes]),
-        'node_detect_ms': median([node.get('node_detect_ms_mean') for node in nodes]),
+        'node_input_hz': of(nodes, 'node_input_hz'),
+        'node_detect_ms': of(nodes, 'node_detect_ms_mean'),
         'others_cores_engine': cores(engines, 'others'),
         'others_cores_node': cores(nodes, 'others'),
         'node_cores': cores(nodes, 'node'),

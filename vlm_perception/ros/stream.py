@@ -5,7 +5,6 @@ import threading
 import time
 from typing import Any, Callable, Generic, Optional, TypeVar
 
-
 from vlm_perception.core.errors import InputError
 from vlm_perception.core.frame import image_size, RGBImage
 
